@@ -1,0 +1,1 @@
+"""GoogLeNet checkpoint intake and verified ONNX export (needs torch)."""

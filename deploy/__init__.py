@@ -1,0 +1,1 @@
+"""Deployment targets (edge bundles, serving engines). Never imports torch."""

@@ -1,0 +1,1 @@
+"""Torch-free runtimes for the exported GoogLeNet: ONNX Runtime, OpenVINO, OpenCV."""

@@ -1,0 +1,32 @@
+"""Typed errors. Each message says what was asked, what was found, and the fix.
+
+Library code raises these; only CLI entry points catch them (see ``runtimes.cli``).
+"""
+
+
+class ToolkitError(Exception):
+    """Base class for every user-facing error of this toolkit."""
+
+
+class CheckpointError(ToolkitError):
+    """A checkpoint is unreadable, unsafe, or does not fit the model."""
+
+
+class ExportError(ToolkitError):
+    """Exporting or checking the ONNX graph failed."""
+
+
+class ParityError(ToolkitError):
+    """ONNX Runtime disagrees with PyTorch beyond tolerance."""
+
+
+class ModelSpecError(ToolkitError):
+    """A model file is missing, unreadable, or lacks this toolkit's metadata."""
+
+
+class ProviderError(ToolkitError):
+    """A runtime was asked for that is unknown or cannot run here."""
+
+
+class ImageError(ToolkitError):
+    """An image cannot be read or decoded."""

@@ -1,0 +1,1 @@
+"""Synthetic demo data and the embedded demo checkpoint."""
