@@ -1,0 +1,48 @@
+"""Session-wide fixtures: expensive checkpoints and exports are made once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from converters.googlenet import GoogLeNet
+
+
+def save_training_checkpoint(path: Path, layout: str, num_classes: int = 1000, seed: int = 0) -> Path:
+    """A randomly initialised training checkpoint with both aux heads, wrapped like a trainer saves it."""
+    torch.manual_seed(seed)
+    model = GoogLeNet(layout, num_classes=num_classes, aux_logits=True)
+    torch.save({"model": model.state_dict(), "epoch": 3, "optimizer": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def paper_ckpt(tmp_path_factory) -> Path:
+    return save_training_checkpoint(tmp_path_factory.mktemp("ckpt") / "paper.pth", "paper")
+
+
+@pytest.fixture(scope="session")
+def paper_export(tmp_path_factory, paper_ckpt):
+    """The default export of a random paper-layout checkpoint (1000 classes)."""
+    from converters.export import export
+
+    return export(paper_ckpt, tmp_path_factory.mktemp("export") / "paper.onnx")
+
+
+@pytest.fixture(scope="session")
+def demo_ckpt() -> Path:
+    """The embedded demo checkpoint, built on first use and cached under artifacts/."""
+    from samples.checkpoint import ensure_checkpoint
+
+    return ensure_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory, demo_ckpt):
+    """The demo checkpoint exported with the demo class names."""
+    from converters.export import export
+    from samples.generate import LABELS_FILE
+
+    return export(demo_ckpt, tmp_path_factory.mktemp("demo") / "demo.onnx", labels=LABELS_FILE)
