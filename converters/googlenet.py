@@ -71,6 +71,30 @@ class ConvReLU(nn.Module):
         return F.relu(x, inplace=True)
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """LRN that exports as ONNX's single ``LRN`` op.
+
+    PyTorch's tracer otherwise spells LRN as ~20 nodes (Pad, AveragePool, Pow and a
+    batch-dependent Reshape) that TensorRT and OpenCV DNN handle worse than the
+    native op. Both compute x / (k + alpha/size * sum(x^2))^beta with zero padding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return _OnnxLRN.apply(x, self.size, self.alpha, self.beta, self.k)
+        return super().forward(x)
+
+
+class _OnnxLRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):  # noqa: ARG004 - export only
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def symbolic(g, x, size, alpha, beta, k):
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
 class Inception(nn.Module):
     """Four parallel branches concatenated along channels."""
 
@@ -152,8 +176,8 @@ class GoogLeNet(nn.Module):
         self.conv3 = ConvReLU(64, 192, layout, kernel_size=3, padding=1)
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         # The original release's LRN; torchvision has none.
-        self.lrn1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if paper else None
-        self.lrn2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if paper else None
+        self.lrn1 = LocalResponseNorm(5, alpha=1e-4, beta=0.75) if paper else None
+        self.lrn2 = LocalResponseNorm(5, alpha=1e-4, beta=0.75) if paper else None
 
         for name, cfg in INCEPTION_CONFIG.items():
             setattr(self, f"inception{name}", Inception(*cfg, layout=layout))

@@ -1,0 +1,285 @@
+"""Export a GoogLeNet training checkpoint to a verified, aux-free, dynamic-batch ONNX model.
+
+    python -m converters.export --ckpt model.pth [--out artifacts/googlenet.onnx]
+
+Steps: safe load and aux strip -> ONNX export -> full checker and shape inference ->
+simplify (onnxsim, else onnxslim, else keep) -> embed the preprocessing spec ->
+parity gate on the exact bytes to be written -> atomic write of model and report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec
+
+# Opset 17 is the newest that TensorRT 8.6 (JetPack 5), OpenCV DNN 4.x and older
+# OpenVINO builds all read; GoogLeNet uses no operator that needs a newer one.
+DEFAULT_OPSET = 17
+PARITY_BATCHES = (1, 4)  # batch 4 exercises the dynamic axis
+IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+log = logging.getLogger("converters.export")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    report_path: Path
+    spec: ModelSpec
+    report: dict
+
+
+def report_path_for(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + ".report.json")
+
+
+def _versions(*names: str) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
+    """Labels from a file (one per line), ImageNet's for 1000 classes, else class_0..N-1."""
+    from runtimes.errors import ExportError
+
+    if labels is None:
+        if num_classes == 1000:
+            labels = IMAGENET_LABELS
+        else:
+            return tuple(f"class_{i}" for i in range(num_classes))
+    try:
+        names = [line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read labels file {labels}: {exc}") from None
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != num_classes:
+        raise ExportError(f"labels file {labels} has {len(names)} labels but the checkpoint has {num_classes} classes")
+    return tuple(names)
+
+
+def _torch_to_onnx(model, opset: int):
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's shape-inference chatter
+        # dynamo=False: the TorchScript exporter. The dynamo exporter (the default
+        # since torch 2.9) needs onnxscript and gains nothing on a static CNN; the
+        # tracer emits plain Conv/Relu/MaxPool/Concat/LRN with a symbolic batch dim.
+        torch.onnx.export(
+            model,
+            torch.zeros(1, 3, 224, 224),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check(model) -> None:
+    import onnx
+
+    from runtimes.errors import ExportError
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def simplify(model):
+    """(model, tool): onnxsim, else onnxslim, else the graph unchanged. Never fatal."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+        if ok:
+            return simplified, "onnxsim"
+        reason = "onnxsim's own check failed"
+    except Exception as exc:  # a simplifier bug must not cost the export
+        reason = f"onnxsim failed: {type(exc).__name__}: {exc}"
+    log.warning("%s; trying onnxslim", reason)
+    try:
+        import onnxslim
+
+        return onnxslim.slim(model), "onnxslim"
+    except Exception as exc:
+        log.warning("onnxslim failed too (%s: %s); keeping the unsimplified graph", type(exc).__name__, exc)
+        return model, "none"
+
+
+def _assert_io(model, num_classes: int) -> None:
+    from runtimes.errors import ExportError
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    (inp,), (out,) = model.graph.input, model.graph.output
+    if dims(inp) != ["batch", 3, 224, 224] or dims(out) != ["batch", num_classes]:
+        raise ExportError(f"unexpected graph I/O after simplification: {inp.name}{dims(inp)} -> {out.name}{dims(out)}")
+
+
+def _count_params(model) -> int:
+    import numpy as np
+
+    return int(sum(np.prod(t.dims) for t in model.graph.initializer))
+
+
+def export(
+    ckpt: str | Path,
+    out: str | Path = DEFAULT_MODEL,
+    *,
+    labels: str | Path | None = None,
+    layout: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    transform_input: bool | None = None,
+    simplify_graph: bool = True,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``ckpt`` to ``out``; see the module docstring. Raises ToolkitError subclasses.
+
+    ``transform_input`` defaults to on for the torchvision layout (its ImageNet weights
+    and models fine-tuned from them need it) and off for the paper layout.
+    """
+    import onnx
+    import torch
+
+    from converters.checkpoint import build_model, load_checkpoint
+    from converters.googlenet import count_parameters
+    from converters.parity import check_parity
+    from runtimes.atomic import write_bytes, write_text
+
+    out = Path(out)
+    timings = {}
+    start = t0 = time.perf_counter()
+    ckpt = load_checkpoint(ckpt, layout=layout)
+    if transform_input is None:
+        transform_input = ckpt.layout == "torchvision"
+    model = build_model(ckpt, transform_input=transform_input)
+    names = read_labels(labels, ckpt.num_classes)
+    timings["load_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    onnx_model = _torch_to_onnx(model, opset)
+    _check(onnx_model)
+    timings["export_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    nodes_before = len(onnx_model.graph.node)
+    tool = "disabled"
+    if simplify_graph:
+        onnx_model, tool = simplify(onnx_model)
+        _check(onnx_model)
+    _assert_io(onnx_model, ckpt.num_classes)
+    timings["simplify_s"] = time.perf_counter() - t0
+
+    spec = ModelSpec(
+        labels=names,
+        layout=ckpt.layout,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        transform_input=transform_input,
+        extra={
+            "num_classes": ckpt.num_classes,
+            "input_shape": ["batch", 3, 224, 224],
+            "opset": opset,
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "simplifier": tool,
+            "versions": _versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxsim", "onnxslim"),
+            "checkpoint": str(ckpt.path.resolve()),
+            "checkpoint_sha256": ckpt.sha256,
+        },
+    )
+    # Metadata goes in after simplification, which may drop it.
+    del onnx_model.metadata_props[:]
+    onnx.helper.set_model_props(onnx_model, {METADATA_KEY: spec.to_json()})
+    onnx_model.producer_name, onnx_model.producer_version = "googlenet-deploy", _versions("googlenet-deploy").get("googlenet-deploy", "")
+    data = onnx_model.SerializeToString()
+
+    t0 = time.perf_counter()
+    stats = check_parity(model, data, batches=PARITY_BATCHES, seed=seed)
+    timings["verify_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+
+    report = {
+        "model": str(out),
+        "checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256, "wrapper": ckpt.wrapper, "layout": ckpt.layout},
+        "num_classes": ckpt.num_classes,
+        "transform_input": transform_input,
+        "aux_stripped": {"keys": ckpt.aux_keys_stripped, "parameters": ckpt.aux_params_stripped},
+        "parameters": {"torch": count_parameters(model), "onnx_initializers": _count_params(onnx_model)},
+        "nodes": {"before_simplify": nodes_before, "after_simplify": len(onnx_model.graph.node)},
+        "ops": dict(Counter(n.op_type for n in onnx_model.graph.node)),
+        "simplifier": tool,
+        "opset": opset,
+        "size_bytes": len(data),
+        "parity": [s.as_dict() for s in stats],
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    write_bytes(out, data)
+    report_path = write_text(report_path_for(out), json.dumps(report, indent=2) + "\n")
+    return ExportResult(path=out, report_path=report_path, spec=spec, report=report)
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.export",
+        description="Export a GoogLeNet checkpoint to a verified, aux-free ONNX model.",
+    )
+    parser.add_argument("--ckpt", required=True, help="training checkpoint (.pth/.pt/.safetensors)")
+    parser.add_argument("--out", default=str(DEFAULT_MODEL), help="output model (default: %(default)s)")
+    parser.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000 classes)")
+    parser.add_argument("--layout", choices=("paper", "torchvision"), help="override layout detection")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument(
+        "--no-transform-input", dest="transform_input", action="store_false", default=None,
+        help="torchvision layout: do not bake transform_input into the graph",
+    )
+    parser.add_argument("--no-simplify", dest="simplify_graph", action="store_false", help="skip onnxsim/onnxslim")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    result = export(**vars(args))
+    r = result.report
+    worst = max(s["max_abs"] for s in r["parity"])
+    print(
+        f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB, {r['checkpoint']['layout']} layout, "
+        f"{r['num_classes']} classes, aux stripped: {r['aux_stripped']['parameters']:,} params)\n"
+        f"nodes {r['nodes']['before_simplify']} -> {r['nodes']['after_simplify']} ({r['simplifier']}), "
+        f"parity max |d| {worst:.2e} at batches {[s['batch'] for s in r['parity']]}, "
+        f"total {r['timings_s']['total_s']:.1f} s\nreport {result.report_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from runtimes.cli import run_cli
+
+    run_cli(main)
