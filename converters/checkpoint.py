@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def _read(path: Path) -> object:
                 "if you trust its source, re-save just the state_dict or as .safetensors"
             ) from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); re-save or re-download it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # garbage bytes surface as almost any exception type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first}); re-save or re-download it"

@@ -11,9 +11,19 @@ from converters.googlenet import GoogLeNet
 
 
 def save_training_checkpoint(path: Path, layout: str, num_classes: int = 1000, seed: int = 0) -> Path:
-    """A randomly initialised training checkpoint with both aux heads, wrapped like a trainer saves it."""
+    """A random training checkpoint with both aux heads, wrapped like a trainer saves it.
+
+    Biases and BatchNorm statistics are randomised too, as training leaves them: freshly
+    initialised ones are all equal, which lets a simplifier merge them and hides bugs.
+    """
     torch.manual_seed(seed)
     model = GoogLeNet(layout, num_classes=num_classes, aux_logits=True)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("bias") or name.endswith("running_mean"):
+                tensor.normal_(0, 0.05)
+            elif name.endswith("running_var") or name.endswith("bn.weight"):
+                tensor.uniform_(0.5, 1.5)
     torch.save({"model": model.state_dict(), "epoch": 3, "optimizer": {}}, path)
     return path
 

@@ -1,0 +1,205 @@
+"""The export: aux-free graph, dynamic batch, metadata, report, parity gate, atomic failure."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import converters.export as export_mod
+from converters.checkpoint import build_model, load_checkpoint
+from converters.export import export, read_labels
+from converters.googlenet import GoogLeNet, count_parameters
+from converters.parity import check_parity, compare
+from runtimes.errors import ExportError, ParityError
+from runtimes.spec import ModelSpec
+from runtimes.tolerances import FP32
+from tests.conftest import save_training_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tv_export(tmp_path_factory):
+    """A torchvision-layout training checkpoint with 7 classes, exported with defaults."""
+    tmp = tmp_path_factory.mktemp("tv")
+    ckpt = save_training_checkpoint(tmp / "tv.pth", "torchvision", num_classes=7, seed=1)
+    return export(ckpt, tmp / "tv.onnx")
+
+
+def _session(path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    return session
+
+
+@pytest.fixture(scope="module")
+def paper_torch(paper_export):
+    return _torch_model(paper_export)
+
+
+def _torch_model(result):
+    ckpt = load_checkpoint(result.report["checkpoint"]["path"])
+    return build_model(ckpt, transform_input=result.spec.transform_input)
+
+
+def test_graph_has_one_output_and_no_aux(paper_export):
+    model = onnx.load(str(paper_export.path))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [i.name for i in model.graph.input] == ["input"]
+    names = [n.name for n in model.graph.node] + [i.name for i in model.graph.initializer]
+    assert not any("aux" in name for name in names)
+    ops = [n.op_type for n in model.graph.node]
+    # The aux heads would add 2 Conv and 4 Gemm; LRN exports as the native op.
+    assert ops.count("Conv") == 57 and ops.count("Gemm") == 1 and ops.count("LRN") == 2
+    params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    assert params == count_parameters(GoogLeNet("paper", aux_logits=False)) == paper_export.report["parameters"]["torch"]
+
+
+def test_torchvision_graph_parameters_equal_aux_free_model_after_bn_folding(tv_export):
+    model = GoogLeNet("torchvision", num_classes=7, aux_logits=False)
+    # Folding a BatchNorm into its conv turns 2 params per channel (weight, bias) into 1 (conv bias).
+    bn_channels = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert tv_export.report["parameters"]["onnx_initializers"] == count_parameters(model) - bn_channels
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_dynamic_batch_matches_pytorch(paper_export, paper_torch, batch):
+    session = _session(paper_export.path)
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    with torch.inference_mode():
+        ref = paper_torch(torch.from_numpy(x)).numpy()
+    stats = compare(ref, session.run(None, {"input": x})[0], FP32)
+    assert stats.passed, stats.summary()
+
+
+def test_metadata_carries_preprocessing_and_provenance(paper_export):
+    spec = ModelSpec.from_onnx(paper_export.path)
+    assert spec == paper_export.spec
+    assert spec.num_classes == 1000 and spec.labels[:2] == ("tench", "goldfish")
+    assert (spec.resize_size, spec.crop_size, spec.channel_order) == (256, 224, "RGB")
+    assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
+    assert spec.layout == "paper" and spec.transform_input is False and spec.precision == "fp32"
+    assert spec.extra["opset"] == export_mod.DEFAULT_OPSET
+    assert spec.extra["checkpoint_sha256"] == paper_export.report["checkpoint"]["sha256"]
+    assert {"torch", "onnx", "onnxsim"} <= set(spec.extra["versions"])
+
+
+def test_report_beside_model(paper_export):
+    report = json.loads(paper_export.report_path.read_text())
+    assert paper_export.report_path.name == "paper.report.json"
+    assert report["nodes"]["after_simplify"] <= report["nodes"]["before_simplify"]
+    assert report["aux_stripped"]["parameters"] == 13_378_280 - 6_998_552
+    assert [p["batch"] for p in report["parity"]] == [1, 4] and all(p["passed"] for p in report["parity"])
+    assert {"load_s", "export_s", "simplify_s", "verify_s", "total_s"} == set(report["timings_s"])
+
+
+def test_torchvision_defaults_bake_transform_input(tv_export):
+    spec = tv_export.spec
+    assert spec.layout == "torchvision" and spec.transform_input is True
+    assert spec.labels == tuple(f"class_{i}" for i in range(7))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    out = _session(tv_export.path).run(None, {"input": x})[0]
+    with torch.inference_mode():
+        with_transform = _torch_model(tv_export)(torch.from_numpy(x)).numpy()
+    assert compare(with_transform, out, FP32).passed
+
+
+def test_no_transform_input_flag(tmp_path, tv_export):
+    ckpt = tv_export.report["checkpoint"]["path"]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join("abcdefg") + "\n")
+    result = export(ckpt, tmp_path / "plain.onnx", transform_input=False, labels=labels, simplify_graph=False)
+    assert result.spec.transform_input is False and result.spec.labels == tuple("abcdefg")
+    assert result.report["simplifier"] == "disabled"
+
+
+def test_label_count_mismatch(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    with pytest.raises(ExportError, match="has 2 labels but the checkpoint has 7 classes"):
+        read_labels(labels, 7)
+
+
+def _perturb(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Nudge the fc bias by 0.05: small, but far outside fp32 tolerance."""
+    bias = next(i for i in model.graph.initializer if i.name == "fc.bias")
+    values = onnx.numpy_helper.to_array(bias) + np.float32(0.05)
+    bias.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), "fc.bias"))
+    return model
+
+
+def test_perturbed_graph_fails_parity_gate(paper_export, paper_torch):
+    perturbed = _perturb(onnx.load(str(paper_export.path)))
+    with pytest.raises(ParityError, match="disagrees with PyTorch") as err:
+        check_parity(paper_torch, perturbed.SerializeToString())
+    assert all(not s.passed and s.max_abs > 0.04 for s in err.value.stats)
+
+
+def test_failed_parity_writes_nothing(tmp_path, monkeypatch, paper_ckpt):
+    monkeypatch.setattr(export_mod, "simplify", lambda model: (_perturb(model), "perturbed"))
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ParityError):
+        export(paper_ckpt, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simplifier_falls_back_to_onnxslim(monkeypatch, paper_export, paper_torch):
+    import onnxsim
+
+    def broken(model, *args, **kwargs):
+        raise RuntimeError("simulated onnxsim bug")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    raw = onnx.load(str(paper_export.path))
+    model, tool = export_mod.simplify(raw)
+    assert tool == "onnxslim"
+    check_parity(paper_torch, model.SerializeToString(), batches=(2,))
+
+
+def _run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "converters.export", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def _malicious(path: Path, marker: Path):
+    path.write_bytes(
+        b"\x80\x02cposix\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode() + b"q\x01\x85q\x02Rq\x03."
+    )
+
+
+@pytest.mark.parametrize("kind", ["malicious", "corrupt", "truncated", "incompatible", "missing"])
+def test_bad_checkpoints_fail_cleanly(tmp_path, paper_ckpt, kind):
+    ckpt, out, marker = tmp_path / "bad.pth", tmp_path / "out" / "model.onnx", tmp_path / "ran"
+    if kind == "malicious":
+        _malicious(ckpt, marker)
+    elif kind == "corrupt":
+        ckpt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
+    elif kind == "truncated":
+        ckpt.write_bytes(paper_ckpt.read_bytes()[:1_000_000])
+    elif kind == "incompatible":
+        torch.save({"model": {"conv1.conv.weight": torch.zeros(64, 3, 7, 7), "conv1.conv.bias": torch.zeros(64)}}, ckpt)
+    proc = _run_cli("--ckpt", str(ckpt), "--out", str(out))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert not marker.exists()
+
+
+def test_cli_exports(tmp_path, paper_ckpt):
+    out = tmp_path / "cli.onnx"
+    proc = _run_cli("--ckpt", str(paper_ckpt), "--out", str(out), "--no-simplify")
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and (tmp_path / "cli.report.json").is_file()
+    assert "parity max |d|" in proc.stdout
