@@ -195,6 +195,8 @@ def test_bad_checkpoints_fail_cleanly(tmp_path, paper_ckpt, kind):
     assert "Traceback" not in proc.stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
     assert not marker.exists()
+    if kind == "malicious":
+        assert "refused" in lines[0] and "posix.system" in lines[0]
 
 
 def test_cli_exports(tmp_path, paper_ckpt):
