@@ -1,0 +1,381 @@
+"""The one preprocessing every runtime shares: image bytes -> normalized (3, crop, crop) float32.
+
+It reproduces torchvision's classic evaluation pipeline on PIL images::
+
+    Image.open(f).convert("RGB") -> Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize
+
+bit-for-bit on 8-bit images, without PIL or torch. OpenCV only decodes; the resize is
+a numpy port of Pillow's resampler (``libImaging/Resample.c``): separable filter,
+support widened by the scale factor when downscaling (so it antialiases), 22-bit
+fixed-point weights, horizontal pass first, each pass rounded to uint8. No
+``cv2.resize`` flag gets close when a photo shrinks a lot: on 1000x1500 to 3000x2000
+images INTER_LINEAR is off by up to ~190 of 255 levels (it does not antialias) and
+INTER_AREA (a box filter, sharper than PIL's triangle) by up to ~45, while this port is
+off by 0 (``test_opencv_resize_flags_are_further_from_pil`` prints the table). Only the
+center crop is resampled, which also keeps extreme aspect ratios (1x600 -> 256x153600) cheap.
+
+Two deliberate differences from a plain PIL pipeline, both about the input, not the model:
+EXIF orientation is applied (a phone photo is classified upright; PIL ignores the tag
+unless ImageOps.exif_transpose is called), and 16-bit images are scaled by 1/257 with
+rounding (PIL takes the high byte of 16-bit RGB and clips 16-bit grayscale to 255).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from runtimes.errors import ImageError, ModelSpecError
+from runtimes.spec import ModelSpec
+
+__all__ = ["MAX_PIXELS", "decode_image", "load", "prepare", "stack"]
+
+# Decompression-bomb guard: a 1 KB PNG can claim 100000x100000 pixels. 2**27 (134 MP)
+# is above any common camera sensor; 16-bit RGB at that size is already 800 MB.
+MAX_PIXELS = 1 << 27
+
+# IMREAD_COLOR: gray and palette become 3 channels and alpha is dropped, as PIL's
+# .convert("RGB") does. ANYDEPTH: keep 16 bits so we can round them ourselves (OpenCV
+# would truncate). Any flag other than IMREAD_UNCHANGED makes OpenCV apply EXIF orientation.
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights for 8-bit images
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+# name -> (support, filter), exactly Pillow's filters
+_FILTERS = {"bilinear": (1.0, _bilinear), "bicubic": (2.0, _bicubic)}
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image file bytes to an upright RGB uint8 (H, W, 3) C-contiguous array."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(
+            f"{name}: decode_image() takes the file's bytes, got {type(data).__name__}; "
+            "read the file first, e.g. Path(path).read_bytes()"
+        )
+    data = bytes(data)
+    if not data:
+        raise ImageError(f"{name}: the image is empty (0 bytes); check the path and that the download finished")
+    _check_header(data, name, max_pixels)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+    except cv2.error as exc:  # OpenCV's own size guard raises instead of returning None
+        reason = str(exc).strip().splitlines()[-1]
+        raise ImageError(f"{name}: OpenCV refused to decode it ({reason}); re-save it as an 8-bit PNG or JPEG") from None
+    if img is None or img.size == 0:
+        raise ImageError(
+            f"{name}: cannot decode these {len(data)} bytes as {_sniff_format(data)}: the file is corrupt or "
+            f"incomplete, or OpenCV {cv2.__version__} cannot read this kind; re-download it or re-save it as JPEG or PNG"
+        )
+    if img.shape[0] * img.shape[1] > max_pixels:  # a header _header_size could not parse
+        raise ImageError(_too_large(name, img.shape[1], img.shape[0], max_pixels))
+    img = _to_uint8(img, name)
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+def _to_uint8(img: np.ndarray, name: str) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        # round(v / 257) maps 0..65535 onto 0..255 exactly; ties cannot occur
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise ImageError(
+        f"{name}: decoded to {img.dtype} samples; only 8- and 16-bit integer images are supported; "
+        "convert it to an 8-bit PNG or JPEG"
+    )
+
+
+def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"{name}: image is {width}x{height} = {width * height:,} pixels, over the {max_pixels:,}-pixel "
+        "limit that guards against decompression bombs; "
+        "downscale it first or pass a larger max_pixels"
+    )
+
+
+def _check_header(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse unknown formats and empty, huge or truncated images before OpenCV allocates anything."""
+    kind = _sniff_format(data)
+    if kind is None:
+        # Only formats whose header we can size are passed on: OpenCV also reads PxM, HDR,
+        # Sun raster, JPEG 2000..., whose headers can ask for up to its own 1-gigapixel cap.
+        raise ImageError(
+            f"{name}: not a {', '.join(list(_FORMATS)[:-1])} or {list(_FORMATS)[-1]} file "
+            f"({len(data)} bytes starting {data[:12]!r}); "
+            "check the path, or convert the image to JPEG or PNG"
+        )
+    try:
+        size = _header_size(data, kind)
+    except (struct.error, IndexError):
+        size = None  # header too short to parse: the decoder will say it is invalid
+    if size is not None:
+        width, height = size
+        if width == 0 or height == 0:
+            raise ImageError(f"{name}: header says the image is {width}x{height} pixels; the file is corrupt or empty")
+        if width * height > max_pixels:
+            raise ImageError(_too_large(name, width, height, max_pixels))
+    # OpenCV 4.x returns a JPEG that stops early padded with gray (5.0 refuses it).
+    # Refuse it on every version, like PIL: the gray rows would be classified as content.
+    if kind == "JPEG":
+        scan = _jpeg_scan_offset(data)
+        if scan is not None and b"\xff\xd9" not in data[scan:]:
+            raise ImageError(
+                f"{name}: JPEG is truncated (no end-of-image marker after the image data, {len(data)} bytes); "
+                "re-download or re-export the file"
+            )
+
+
+_FORMATS = {  # name -> magic bytes at offset 0
+    "JPEG": (b"\xff\xd8",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "BMP": (b"BM",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "WebP": (b"RIFF",),  # and "WEBP" at offset 8
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+}
+
+
+def _sniff_format(data: bytes) -> str | None:
+    for kind, magics in _FORMATS.items():
+        if data.startswith(magics) and (kind != "WebP" or data[8:12] == b"WEBP"):
+            return kind
+    return None
+
+
+def _header_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """(width, height) from the header of a ``kind`` file, or None where it cannot be read."""
+    if kind == "PNG" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if kind == "GIF":
+        return struct.unpack("<HH", data[6:10])
+    if kind == "BMP" and struct.unpack("<I", data[14:18])[0] >= 40:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)  # negative height means top-down rows
+    if kind == "WebP":
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            width, height = struct.unpack("<HH", data[26:30])
+            return width & 0x3FFF, height & 0x3FFF
+    if kind == "TIFF":
+        return _tiff_size(data)
+    if kind == "JPEG":
+        return _jpeg_size(data)
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    tags = {}
+    for i in range(min(count, 512)):
+        tag, kind, _, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    return (tags[256], tags[257]) if len(tags) == 2 else None
+
+
+def _jpeg_segments(data: bytes):
+    """Yield (marker, offset, length) for each JPEG segment up to and including the first SOS."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length field
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        yield marker, i, length
+        if marker == 0xDA:
+            return
+        i += 2 + length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    for marker, i, _ in _jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+    return None
+
+
+def _jpeg_scan_offset(data: bytes) -> int | None:
+    """Where the first scan's entropy-coded data starts, or None if the header is incomplete."""
+    try:
+        for marker, i, length in _jpeg_segments(data):
+            if marker == 0xDA:
+                return i + 2 + length
+    except struct.error:
+        pass
+    return None
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Resize, center-crop and normalize an RGB uint8 (H, W, 3) image to float32 (3, crop, crop)."""
+    _check_rgb(rgb)
+    support, kernel = _filter_for(spec)
+    height, width = rgb.shape[:2]
+    new_h, new_w = _resized_size(height, width, spec.resize_size)
+    rows, cols = _crop_window(new_h, spec.crop_size), _crop_window(new_w, spec.crop_size)
+    img = _resample_window(rgb, new_h, new_w, rows, cols, support, kernel)
+    img = _pad_to(img, new_h, new_w, spec.crop_size)
+    return _normalize(img, spec)
+
+
+def load(data: bytes, spec: ModelSpec, name: str = "<bytes>") -> np.ndarray:
+    """decode_image() then prepare(): image file bytes to the model's (3, crop, crop) input."""
+    return prepare(decode_image(data, name), spec)
+
+
+def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack prepared (3, H, W) images into one float32 (N, 3, H, W) batch."""
+    arrays = list(arrays)
+    if not arrays:
+        raise ImageError("stack() got no images; pass at least one prepared (3, H, W) array")
+    first = np.shape(arrays[0])
+    for i, a in enumerate(arrays):
+        if np.ndim(a) != 3 or np.shape(a) != first:
+            raise ImageError(
+                f"stack(): image {i} has shape {np.shape(a)}, image 0 has {first}; "
+                "prepare every image with the same spec so all are (3, crop, crop)"
+            )
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        found = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageError(f"prepare() expects an RGB uint8 (H, W, 3) array, got {found}; decode files with decode_image()")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(f"prepare() got an empty image of shape {rgb.shape}; an image needs at least 1x1 pixels")
+
+
+def _filter_for(spec: ModelSpec):
+    try:
+        return _FILTERS[spec.interpolation]
+    except KeyError:
+        raise ModelSpecError(
+            f"model spec asks for {spec.interpolation!r} interpolation; supported: {', '.join(_FILTERS)}"
+        ) from None
+
+
+def _resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision Resize(int): the shorter side becomes ``size``, the longer one is truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def _crop_window(length: int, crop: int) -> tuple[int, int]:
+    """[start, stop) of torchvision's center crop along one axis (round() is banker's, as there)."""
+    if length <= crop:
+        return 0, length  # all of it; _pad_to adds the rest
+    start = int(round((length - crop) / 2.0))
+    return start, start + crop
+
+
+def _pad_to(img: np.ndarray, new_h: int, new_w: int, crop: int) -> np.ndarray:
+    """torchvision's CenterCrop pads with black when the image is smaller than the crop."""
+    pad_h, pad_w = max(crop - new_h, 0), max(crop - new_w, 0)
+    if pad_h == pad_w == 0:
+        return img
+    return np.pad(img, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+
+
+def _coefficients(in_size: int, out_size: int, window: tuple[int, int], support: float, kernel):
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc for output pixels in ``window``.
+
+    Returns (first input index per output pixel, fixed-point weights per tap). Float
+    operations follow Pillow's order so the rounded weights are identical.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)  # downscaling widens the filter: this is the antialiasing
+    support = support * filterscale
+    taps = math.ceil(support) * 2 + 1
+    center = (np.arange(*window) + 0.5) * scale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncates toward 0
+    count = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    k = np.arange(taps)
+    weights = kernel((k + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale))
+    weights = np.where(k < count[:, None], weights, 0.0)
+    total = np.cumsum(weights, axis=1)[:, -1:]  # sequential sum, as Pillow's loop
+    weights = weights / np.where(total == 0.0, 1.0, total)
+    fixed = np.trunc(weights * (1 << _PRECISION_BITS) + np.where(weights < 0, -0.5, 0.5)).astype(np.int32)
+    return xmin, fixed
+
+
+def _resample_axis(img: np.ndarray, xmin: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """One Pillow pass along ``axis``: weighted taps in int32, rounded and clipped to uint8."""
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    acc = np.full(img.shape[:axis] + (len(xmin),) + img.shape[axis + 1 :], 1 << (_PRECISION_BITS - 1), np.int32)
+    last = img.shape[axis] - 1
+    for tap in range(weights.shape[1]):
+        w = weights[:, tap]
+        if not w.any():
+            continue
+        # taps past the window have weight 0, so clamping their index is harmless
+        acc += np.take(img, np.minimum(xmin + tap, last), axis=axis).astype(np.int32) * w.reshape(shape)
+    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
+def _resample_window(rgb, new_h, new_w, rows, cols, support, kernel) -> np.ndarray:
+    """Pillow's resize to (new_h, new_w), computing only output ``rows`` x ``cols``."""
+    height, width = rgb.shape[:2]
+    img = rgb
+    if new_h != height:  # only the input rows the vertical pass will read
+        ymin, yweights = _coefficients(height, new_h, rows, support, kernel)
+        first, stop = int(ymin[0]), min(height, int(ymin[-1]) + yweights.shape[1])
+        img, ymin = img[first:stop], ymin - first
+    else:
+        img = img[rows[0] : rows[1]]
+    if new_w != width:  # horizontal pass first, as Pillow does: the rounding order matters
+        img = _resample_axis(img, *_coefficients(width, new_w, cols, support, kernel), axis=1)
+    else:
+        img = img[:, cols[0] : cols[1]]
+    if new_h != height:
+        img = _resample_axis(img, ymin, yweights, axis=0)
+    return img
+
+
+def _normalize(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """ToTensor + Normalize in float32, in the same operation order as torchvision."""
+    order = spec.channel_order.upper()
+    if order not in ("RGB", "BGR"):
+        raise ModelSpecError(f"model spec asks for channel order {spec.channel_order!r}; supported: RGB, BGR")
+    if order == "BGR":  # mean and std are listed in the model's channel order
+        img = img[..., ::-1]
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    x = img.astype(np.float32) / np.float32(255.0)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
