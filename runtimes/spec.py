@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,10 +73,14 @@ class ModelSpec:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises several unrelated types
             raise ModelSpecError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        props = {p.key: p.value for p in model.metadata_props}
-        if METADATA_KEY not in props:
+        return cls.from_metadata_map({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+    @classmethod
+    def from_metadata_map(cls, metadata: Mapping[str, str], source: str = "metadata") -> "ModelSpec":
+        """Read the spec from a model's key/value metadata, e.g. ONNX Runtime's custom_metadata_map."""
+        if METADATA_KEY not in metadata:
             raise ModelSpecError(
-                f"{path}: no {METADATA_KEY} metadata, so its preprocessing is unknown; "
+                f"{source}: no {METADATA_KEY} metadata, so its preprocessing is unknown; "
                 "export it with `python -m converters.export`"
             )
-        return cls.from_json(props[METADATA_KEY], source=str(path))
+        return cls.from_json(metadata[METADATA_KEY], source=source)

@@ -1,0 +1,119 @@
+"""The one protocol every runtime implements.
+
+Polygraphy-style: the public ``load / infer / close`` validate and keep state, then call
+small ``*_impl`` hooks that each adapter fills in. Heavy libraries are imported inside
+``_load_impl`` only, so importing an adapter module costs nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from runtimes.errors import ModelSpecError, ProviderError
+from runtimes.spec import ModelSpec
+
+if TYPE_CHECKING:  # numpy is imported by whoever builds the batch
+    import numpy as np
+
+
+class Runner(ABC):
+    """Loads one ONNX model on one runtime and maps NCHW float32 batches to (N, C) logits.
+
+    ``OPTIONS`` names the keyword options the runner accepts with their defaults; the
+    registry rejects any other option with a message listing these.
+    """
+
+    name: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, model_path: str | Path, spec: ModelSpec | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            takes = ", ".join(self.OPTIONS) or "no options"
+            raise ProviderError(f"provider {self.name!r} does not take {', '.join(unknown)}; it takes: {takes}")
+        self.model_path = Path(model_path)
+        self.options = {**self.OPTIONS, **options}
+        self._spec = spec
+        self._loaded = False
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's preprocessing spec; read from the model on first use."""
+        if self._spec is None:
+            self._spec = self._read_spec()
+        return self._spec
+
+    def load(self) -> "Runner":
+        """Build the runtime's session; idempotent. Raises ProviderError if it cannot run here."""
+        if not self._loaded:
+            if not self.model_path.is_file():
+                raise ModelSpecError(
+                    f"model {self.model_path} not found; export one with "
+                    f"`python -m converters.export --ckpt CKPT --out {self.model_path}`"
+                )
+            reason = self.unavailable_reason()
+            if reason is None:
+                self._load_impl()
+            else:
+                self._load_unavailable(reason)
+            self._loaded = True
+        return self
+
+    def infer(self, batch: "np.ndarray") -> "np.ndarray":
+        """Logits (N, num_classes) for a float32 NCHW batch of preprocessed images."""
+        if not self._loaded:
+            raise ProviderError(f"{self.name} runner used before load(); use it as a context manager")
+        size = self.spec.crop_size
+        dtype, shape = str(getattr(batch, "dtype", type(batch).__name__)), tuple(getattr(batch, "shape", ()))
+        if dtype != "float32" or len(shape) != 4 or shape[1:] != (3, size, size) or shape[0] < 1:
+            raise ValueError(f"expected a float32 N x 3 x {size} x {size} batch, got {dtype} {shape}")
+        logits = self._infer_impl(batch)
+        if logits.shape != (len(batch), self.spec.num_classes):
+            raise ProviderError(
+                f"{self.name} returned logits of shape {logits.shape}, expected {(len(batch), self.spec.num_classes)}"
+            )
+        return logits
+
+    def active_providers(self) -> list[str]:
+        """What actually executes the graph, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]."""
+        return self._active_providers_impl() if self._loaded else []
+
+    def close(self) -> None:
+        """Release the session and its threads; the runner can be loaded again."""
+        if self._loaded:
+            self._close_impl()
+            self._loaded = False
+
+    def __enter__(self) -> "Runner":
+        return self.load()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read_spec(self) -> ModelSpec:
+        return ModelSpec.from_onnx(self.model_path)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this runtime cannot run here (cheap check, no session), or None if it may."""
+        return None
+
+    def _load_unavailable(self, reason: str) -> None:
+        """Called by load() instead of _load_impl() when the runtime cannot run here."""
+        from runtimes.adapters.registry import unavailable_error  # the registry imports this module
+
+        raise unavailable_error(self.name, reason)
+
+    @abstractmethod
+    def _load_impl(self) -> None: ...
+
+    @abstractmethod
+    def _infer_impl(self, batch: "np.ndarray") -> "np.ndarray": ...
+
+    @abstractmethod
+    def _active_providers_impl(self) -> list[str]: ...
+
+    @abstractmethod
+    def _close_impl(self) -> None: ...

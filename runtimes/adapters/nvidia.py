@@ -1,0 +1,161 @@
+"""Finding the NVIDIA libraries ONNX Runtime's GPU providers need, and saying what is missing.
+
+ONNX Runtime loads ``libonnxruntime_providers_cuda.so`` lazily and, when that fails, logs
+the reason and silently runs on CPU. Loading the provider library ourselves with
+ctypes gets the same dlopen error as a string (e.g. "libcublasLt.so.13: cannot open
+shared object file") that we can put into a ProviderError.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# onnxruntime-gpu 1.31 is built against CUDA 13 and cuDNN 9; ORT's own preload list, in load order.
+CUDA_LIBS = (
+    "libcudart.so.13",
+    "libcublasLt.so.13",
+    "libcublas.so.13",
+    "libcufft.so.12",
+    "libcurand.so.10",
+    "libcudnn.so.9",
+)
+TENSORRT_LIBS = ("libnvinfer.so.10", "libnvinfer_plugin.so.10", "libnvonnxparser.so.10")
+
+CUDA_FIX = (
+    "onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9: pip install 'onnxruntime-gpu[cuda,cudnn]' "
+    "or install them and set LD_LIBRARY_PATH"
+)
+TENSORRT_FIX = f"TensorRT 10 for CUDA 13 is also needed: pip install tensorrt-cu13; {CUDA_FIX}"
+
+
+@dataclass(frozen=True)
+class LibStatus:
+    """One shared library: where it loaded from, or why it did not."""
+
+    name: str
+    path: str | None
+    error: str | None
+
+    @property
+    def found(self) -> bool:
+        return self.error is None
+
+
+def pip_lib_dirs() -> list[str]:
+    """Library folders of pip's NVIDIA wheels (nvidia-*-cu13, tensorrt-cu13-libs) on sys.path."""
+    dirs = []
+    for entry in sys.path:
+        dirs += glob.glob(os.path.join(entry, "nvidia", "*", "lib"))
+        dirs += glob.glob(os.path.join(entry, "tensorrt_libs"))
+    return sorted(set(dirs))
+
+
+@functools.cache
+def load_library(name: str) -> LibStatus:
+    """Load ``name`` globally, from pip's NVIDIA wheels first, then the default search path.
+
+    RTLD_GLOBAL makes the provider library's own dlopen reuse it, which is how
+    ``pip install onnxruntime-gpu[cuda,cudnn]`` works without LD_LIBRARY_PATH.
+    """
+    for folder in pip_lib_dirs():
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            try:
+                ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+                return LibStatus(name, candidate, None)
+            except OSError as exc:
+                return LibStatus(name, candidate, str(exc))
+    try:
+        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return LibStatus(name, None, str(exc))
+    return LibStatus(name, _mapped_path(name) or name, None)
+
+
+def _mapped_path(name: str) -> str | None:
+    """Where the dynamic linker found an already-loaded library (Linux: /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if line.rstrip().endswith("/" + name)}
+    except OSError:
+        return None
+    return min(paths) if paths else None
+
+
+def ort_capi_dir() -> Path | None:
+    """onnxruntime's capi folder, where the provider libraries live (found without importing ORT)."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "capi"
+
+
+@functools.cache
+def provider_library_error(kind: str) -> str | None:
+    """Why ``libonnxruntime_providers_{kind}.so`` cannot load, after preloading its dependencies."""
+    capi = ort_capi_dir()
+    if capi is None:
+        return "onnxruntime is not installed"
+    library = capi / f"libonnxruntime_providers_{kind}.so"
+    if not library.is_file():
+        return f"this onnxruntime build has no {kind} provider ({library.name} missing; install onnxruntime-gpu)"
+    for name in CUDA_LIBS + (TENSORRT_LIBS if kind == "tensorrt" else ()):
+        load_library(name)
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return f"cannot load {library.name}: {exc}"
+    return None
+
+
+@functools.cache
+def gpu_names() -> tuple[str, ...] | str:
+    """Names of the visible NVIDIA GPUs via NVML (the driver's library), or why there are none."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
+    if nvml.nvmlInit_v2() != 0:
+        return "the NVIDIA driver is installed but NVML failed to initialise (no GPU visible?)"
+    try:
+        count = ctypes.c_uint()
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0 or count.value == 0:
+            return "NVML sees no NVIDIA GPU"
+        names = []
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            buffer = ctypes.create_string_buffer(96)
+            nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
+            nvml.nvmlDeviceGetName(handle, buffer, len(buffer))
+            names.append(buffer.value.decode(errors="replace"))
+        return tuple(names)
+    finally:
+        nvml.nvmlShutdown()
+
+
+def gpu_provider_unavailable(kind: str) -> str | None:
+    """Why ORT's ``kind`` ("cuda" or "tensorrt") provider cannot run here, with the fix; None if it may."""
+    fix = TENSORRT_FIX if kind == "tensorrt" else CUDA_FIX
+    library_error = provider_library_error(kind)
+    if library_error is not None:
+        return f"{library_error}; {fix}"
+    gpus = gpu_names()
+    if isinstance(gpus, str):
+        return f"{gpus}; {kind} needs an NVIDIA GPU and its driver"
+    return None
+
+
+@functools.cache
+def tensorrt_version() -> str:
+    """TensorRT's library version number (e.g. "100900"), or "unknown"."""
+    status = load_library("libnvinfer.so.10")
+    if not status.found:
+        return "unknown"
+    return str(ctypes.CDLL(status.path).getInferLibVersion())

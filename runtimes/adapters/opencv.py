@@ -1,0 +1,47 @@
+"""OpenCV's DNN module: runs the ONNX file with nothing but opencv-python installed.
+
+It must not import onnxruntime (boards that ship only OpenCV have none). OpenCV 5's
+engine accepts the exported dynamic batch axis, so a batch goes through in one call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from runtimes.adapters.base import Runner
+from runtimes.errors import ProviderError
+
+
+class OpencvRunner(Runner):
+    """cv2.dnn on CPU; option ``threads`` (process-wide in OpenCV, so it affects every cv2 call)."""
+
+    name = "opencv"
+    OPTIONS: dict[str, Any] = {"threads": None}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("cv2") is None:
+            return "OpenCV is not installed: pip install opencv-python-headless"
+        return None
+
+    def _load_impl(self) -> None:
+        import cv2
+
+        if self.options["threads"]:
+            cv2.setNumThreads(self.options["threads"])
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(self.model_path))
+        except cv2.error as exc:
+            reason = " ".join(str(exc).split())  # cv2.error spans several lines
+            raise ProviderError(f"opencv: cv2.dnn cannot import {self.model_path}: {reason}") from None
+
+    def _infer_impl(self, batch: Any) -> Any:
+        self.net.setInput(batch)
+        return self.net.forward()
+
+    def _active_providers_impl(self) -> list[str]:
+        return ["OpenCV:CPU"]
+
+    def _close_impl(self) -> None:
+        self.net = None

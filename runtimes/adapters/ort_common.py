@@ -1,0 +1,138 @@
+"""What the ONNX Runtime adapters (cpu, cuda, tensorrt) share: session options and the
+check that the requested execution provider is really the one running."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Iterator
+
+from runtimes.adapters.base import Runner
+from runtimes.errors import ProviderError
+from runtimes.spec import ModelSpec
+
+# ORT's C++ logger colours its lines; strip that before quoting them in an error.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
+_ORT_LOG_LINE = re.compile(r"\[([EW]):onnxruntime:[^\]]*\](.*)")
+_ORT_LOG_ERROR = 3  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use; SMT siblings add little to conv-heavy inference."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+    except OSError:
+        return allowed
+    cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))
+    return max(1, min(allowed, len(cores) or allowed))
+
+
+def session_options(threads: int | None, spinning: bool, log_severity: int = _ORT_LOG_ERROR) -> Any:
+    """SessionOptions chosen for a long-lived, possibly co-resident, inference session."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # All graph rewrites (constant folding, Conv+Relu fusion, NCHWc layouts): the
+    # one-off cost (~0.1 s for GoogLeNet) is paid at load and speeds every call.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One thread per physical core: hyper-threads share the FMA units and only add jitter.
+    options.intra_op_num_threads = threads or physical_cores()
+    # Spinning workers keep their cores at 100% between calls; with several sessions in
+    # one process (the parity matrix, a server with two models) they starve each other.
+    # Off by default, at the cost of a little latency when a call arrives.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = log_severity
+    return options
+
+
+@contextlib.contextmanager
+def captured_native_output() -> Iterator[list[str]]:
+    """Collect what C++ code writes to fds 1 and 2 (ORT's logger, its fallback print).
+
+    ORT reports a failed provider only there; capturing keeps it out of ``--json``
+    stdout and lets us quote it. Yields a list that holds the text after the block.
+    """
+    result: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield result
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            result.append(_ANSI.sub("", sink.read().decode(errors="replace")))
+
+
+def ort_failure_lines(log: str) -> str:
+    """The error and warning messages of an ORT log, without timestamps, joined into one line."""
+    messages = []
+    for line in log.splitlines():
+        logged = _ORT_LOG_LINE.search(line)
+        if logged:
+            messages.append(f"{logged[1]}: {logged[2].strip()}")
+        elif line.startswith("EP Error"):
+            messages.append(line.strip())
+    return " | ".join(messages) or " ".join(log.split()) or "nothing"
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session; subclasses pick the execution providers in ``_load_impl``."""
+
+    OPTIONS: dict[str, Any] = {"threads": None, "spinning": False}
+    log_severity = _ORT_LOG_ERROR  # what ORT may print while the session is created
+    session: Any = None
+
+    def _create_session(self, providers: list[Any]) -> tuple[Any, str]:
+        """A session plus whatever ORT printed while creating it."""
+        import onnxruntime as ort
+
+        options = session_options(self.options["threads"], self.options["spinning"], self.log_severity)
+        with captured_native_output() as log:
+            try:
+                session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                failure = exc
+            else:
+                failure = None
+        if failure is not None:
+            raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {failure}") from None
+        return session, log[0]
+
+    def _read_spec(self) -> ModelSpec:
+        if not self._loaded:
+            return super()._read_spec()
+        # Reuse the session's metadata: avoids importing onnx and parsing 27 MB again.
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        return ModelSpec.from_metadata_map(metadata, source=str(self.model_path))
+
+    def _infer_impl(self, batch: Any) -> Any:
+        return self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
+
+    def _active_providers_impl(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def _close_impl(self) -> None:
+        self.session = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        return None
+

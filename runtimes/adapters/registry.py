@@ -1,0 +1,54 @@
+"""Short provider names to runner classes, imported only when asked for.
+
+Adding a runtime is one file with a :class:`~runtimes.adapters.base.Runner` subclass
+plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from runtimes.adapters.base import Runner
+from runtimes.errors import ProviderError
+from runtimes.spec import ModelSpec
+
+RUNNERS = {
+    "cpu": "runtimes.adapters.cpu:CpuRunner",
+    "cuda": "runtimes.adapters.cuda:CudaRunner",
+    "tensorrt": "runtimes.adapters.tensorrt:TensorrtRunner",
+    "openvino": "runtimes.adapters.openvino:OpenvinoRunner",
+    "opencv": "runtimes.adapters.opencv:OpencvRunner",
+    "torch": "runtimes.adapters.pytorch:TorchRunner",
+}
+
+
+def runner_class(name: str) -> type[Runner]:
+    """The runner class registered as ``name``; imports its module, not its runtime."""
+    if name not in RUNNERS:
+        available = ", ".join(available_providers()) or "none"
+        raise ProviderError(f"unknown provider {name!r}; known: {', '.join(RUNNERS)}; available here: {available}")
+    module, _, attr = RUNNERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why provider ``name`` cannot run here, or None if it may (no session is created)."""
+    return runner_class(name).unavailable_reason()
+
+
+def available_providers() -> list[str]:
+    """The registered providers whose libraries are present here."""
+    return [name for name in RUNNERS if unavailable_reason(name) is None]
+
+
+def unavailable_error(name: str, reason: str) -> ProviderError:
+    """The error for a known provider that cannot run here, naming those that can."""
+    available = ", ".join(p for p in available_providers() if p != name) or "none"
+    return ProviderError(f"requested provider {name!r}; available here: {available}; {name}: {reason}")
+
+
+def create_runner(name: str, model_path: str | Path, spec: ModelSpec | None = None, **options: Any) -> Runner:
+    """An unloaded runner for ``name``; call ``load()`` or use it as a context manager."""
+    return runner_class(name)(model_path, spec, **options)

@@ -1,0 +1,67 @@
+"""ONNX Runtime's TensorRT execution provider, with CUDA and then CPU behind it.
+
+TensorRT builds an engine per input-shape profile, which takes minutes for GoogLeNet,
+so the profile is explicit (batch 1 to ``max_batch``, tuned for ``opt_batch``) and the
+engines are cached on disk. ORT names each cached engine by a hash of the graph, so
+one cache folder serves any model; the folder itself is keyed by what makes an engine
+invalid: TensorRT version, GPU, precision and profile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from runtimes.adapters.cuda import CudaRunner
+from runtimes.adapters.nvidia import gpu_names, tensorrt_version
+
+
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/googlenet_deploy/tensorrt`` (``~/.cache/...`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "googlenet_deploy" / "tensorrt"
+
+
+def engine_cache_dir(root: Path, trt_version: str, gpu: str, fp16: bool, profile: tuple[int, int, int]) -> Path:
+    """The cache folder for one TensorRT version, GPU, precision and batch profile."""
+    gpu_slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    lo, opt, hi = profile
+    return root / f"trt{trt_version}_{gpu_slug}_{'fp16' if fp16 else 'fp32'}_b{lo}-{opt}-{hi}"
+
+
+class TensorrtRunner(CudaRunner):
+    """ORT TensorrtExecutionProvider; options ``fp16``, ``opt_batch``, ``max_batch``, ``cache_dir``."""
+
+    name = "tensorrt"
+    provider = "TensorrtExecutionProvider"
+    OPTIONS: dict[str, Any] = {**CudaRunner.OPTIONS, "fp16": False, "opt_batch": 1, "max_batch": 32, "cache_dir": None}
+
+    def _provider_chain(self) -> list[Any]:
+        opts = self.options
+        device_id = opts["device_id"]
+        profile = (1, opts["opt_batch"], opts["max_batch"])
+        cache = engine_cache_dir(
+            Path(opts["cache_dir"] or default_cache_root()),
+            tensorrt_version(),
+            gpu_names()[device_id],
+            opts["fp16"],
+            profile,
+        )
+        cache.mkdir(parents=True, exist_ok=True)
+        spec = self.spec
+        chw = f"3x{spec.crop_size}x{spec.crop_size}"
+        shapes = [f"{spec.input_name}:{batch}x{chw}" for batch in profile]
+        trt_options = {
+            "device_id": device_id,
+            "trt_fp16_enable": opts["fp16"],
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_profile_min_shapes": shapes[0],
+            "trt_profile_opt_shapes": shapes[1],
+            "trt_profile_max_shapes": shapes[2],
+        }
+        # CUDA takes any node TensorRT rejects; CPU only what neither can run.
+        return [(self.provider, trt_options), ("CUDAExecutionProvider", self._cuda_options()), "CPUExecutionProvider"]

@@ -1,0 +1,136 @@
+"""What can run here: library versions, which runtimes really work, which GPU libraries are missing.
+
+    python -m runtimes.doctor
+
+Every runtime is proven by loading a tiny model through its real adapter and running
+it, not by trusting ``onnxruntime.get_available_providers()`` (which lists CUDA
+whenever onnxruntime-gpu is installed, GPU or not). Torch versions are read from
+package metadata, so torch is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from runtimes.cli import run_cli
+
+# Library -> the distributions that may provide it, preferred first.
+DISTRIBUTIONS = {
+    "numpy": ("numpy",),
+    "onnxruntime": ("onnxruntime-gpu", "onnxruntime"),
+    "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+    "openvino": ("openvino",),
+    "onnx": ("onnx",),
+    "torch": ("torch",),
+}
+TINY_SIZE = 2  # the tiny model's input is N x 3 x 2 x 2
+
+
+def library_versions() -> dict[str, str]:
+    """``{library: "version (distribution)"}``, or "not installed"; imports nothing."""
+    versions = {"python": platform.python_version()}
+    for library, distributions in DISTRIBUTIONS.items():
+        versions[library] = "not installed"
+        for dist in distributions:
+            try:
+                versions[library] = f"{metadata.version(dist)} ({dist})"
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def write_tiny_model(path: Path) -> Path:
+    """An N x 3 x 2 x 2 -> N x 3 global-average-pool model carrying this toolkit's metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from runtimes.spec import METADATA_KEY, ModelSpec
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "doctor",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, TINY_SIZE, TINY_SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every runtime version this toolkit supports
+    spec = ModelSpec(labels=("r", "g", "b"), resize_size=TINY_SIZE, crop_size=TINY_SIZE)
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def probe_runtimes(model: Path) -> dict[str, str]:
+    """``{provider: "ok: <what ran>" or "unavailable: <reason>"}`` from one real inference each."""
+    import numpy as np
+
+    from runtimes.adapters import RUNNERS, create_runner, unavailable_reason
+    from runtimes.errors import ToolkitError
+
+    batch = np.arange(2 * 3 * TINY_SIZE * TINY_SIZE, dtype=np.float32).reshape(2, 3, TINY_SIZE, TINY_SIZE)
+    expected = batch.mean(axis=(2, 3))
+    results = {}
+    for name in RUNNERS:
+        reason = unavailable_reason(name)
+        if reason is not None:
+            results[name] = f"unavailable: {reason}"
+            continue
+        if name == "torch":  # the reference needs a real GoogLeNet checkpoint, not a tiny graph
+            results[name] = "installed (reference only: runs a source checkpoint)"
+            continue
+        try:
+            with create_runner(name, model) as runner:
+                ok = np.allclose(runner.infer(batch), expected, atol=1e-5)
+                detail = ", ".join(runner.active_providers())
+                if name == "openvino":
+                    detail += f" ({runner.inference_precision()})"
+                results[name] = f"ok: {detail}" if ok else f"wrong result on {detail}"
+        except ToolkitError as exc:
+            results[name] = f"failed: {exc}"
+    return results
+
+
+def gpu_report() -> list[str]:
+    """Lines on the NVIDIA driver, GPUs and each CUDA, cuDNN and TensorRT library."""
+    from runtimes.adapters import nvidia
+
+    gpus = nvidia.gpu_names()
+    lines = [f"GPUs: {', '.join(gpus) if isinstance(gpus, tuple) else gpus}"]
+    folders = nvidia.pip_lib_dirs()
+    lines.append(f"pip NVIDIA library folders: {', '.join(folders) if folders else 'none'}")
+    for name in nvidia.CUDA_LIBS + nvidia.TENSORRT_LIBS:
+        status = nvidia.load_library(name)
+        lines.append(f"{name:<26} {'found: ' + status.path if status.found else 'missing: ' + status.error}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m runtimes.doctor", description=__doc__.splitlines()[0]).parse_args(argv)
+    from runtimes.adapters.nvidia import CUDA_FIX
+
+    print("libraries")
+    for library, version in library_versions().items():
+        print(f"  {library:<12} {version}")
+    with tempfile.TemporaryDirectory() as folder:
+        results = probe_runtimes(write_tiny_model(Path(folder) / "tiny.onnx"))
+    print("runtimes (each ran a tiny model)")
+    for name, result in results.items():
+        print(f"  {name:<9} {result}")
+    print("NVIDIA (onnxruntime-gpu 1.31 expects CUDA 13, cuDNN 9, TensorRT 10)")
+    for line in gpu_report():
+        print(f"  {line}")
+    if not results["cuda"].startswith("ok"):
+        print(f"fix for cuda: {CUDA_FIX}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,149 @@
+"""Classify images from the command line.
+
+    python -m runtimes.run [--provider cpu] [--json] IMAGES...
+
+IMAGES are files, directories (searched recursively for image extensions) or globs.
+Each image gets its result or its own error; the exit status is 1 if any failed and
+2 for a user mistake (unknown provider, missing model), reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from runtimes.cli import run_cli
+from runtimes.errors import ImageError
+from runtimes.spec import DEFAULT_MODEL
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+EXIT_SOME_FAILED = 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtimes.run",
+        description="Classify images with an exported GoogLeNet on ONNX Runtime, OpenVINO or OpenCV.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, directories or globs")
+    parser.add_argument("--provider", default="cpu", help="cpu, cuda, tensorrt, openvino, opencv or torch (default: cpu)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image (default: 5)")
+    parser.add_argument("--json", dest="json_lines", action="store_true", help="JSON Lines on stdout, one object per image")
+    parser.add_argument("--allow-fallback", action="store_true", help="cuda/tensorrt: run on CPU instead of failing")
+    parser.add_argument("--device-id", type=int, help="cuda/tensorrt: GPU index (default: 0)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
+    parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
+    return parser
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Expand directories (recursively, image extensions only) and globs, in argument order.
+
+    A path that matches nothing is kept as is, so it is reported as its own error.
+    """
+    found: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif not path.exists() and glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            found += [Path(m) for m in matches if Path(m).is_file()] if matches else [path]
+        else:
+            found.append(path)
+    return found
+
+
+class Progress:
+    """A one-line \\r progress bar on stderr for runs longer than one batch.
+
+    Only on a TTY: in logs and CI output every redraw would become a line of its own.
+    """
+
+    def __init__(self, total: int, stream: TextIO, batch_size: int) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.enabled = total > batch_size and stream.isatty()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.enabled and self.done < self.total:
+            filled = 30 * self.done // self.total
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
+            self.stream.flush()
+
+
+def format_prediction(prediction, label_width: int) -> str:
+    """The human-readable block for one image: its path, then rank, label and probability."""
+    if prediction.error is not None:
+        return f"{prediction.image}\n  error: {prediction.error}"
+    rows = [f"  {rank:>2}  {s.label:<{label_width}}  {s.prob * 100:6.2f}%" for rank, s in enumerate(prediction.topk, 1)]
+    return "\n".join([prediction.image, *rows])
+
+
+def classify(
+    images: list[str],
+    *,
+    provider: str = "cpu",
+    model: Path = DEFAULT_MODEL,
+    batch_size: int = 8,
+    topk: int = 5,
+    json_lines: bool = False,
+    allow_fallback: bool = False,
+    device_id: int | None = None,
+    threads: int | None = None,
+    fp16: bool = False,
+    ckpt: Path | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Classify ``images`` and write results to ``out`` (stdout); 0 if all succeeded, 1 if any failed."""
+    from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
+
+    out, err = out or sys.stdout, err or sys.stderr
+    paths = collect_images(images)
+    if not paths:
+        raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    options = {"threads": threads, "device_id": device_id, "ckpt": ckpt}
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update({k: True for k, on in (("allow_fallback", allow_fallback), ("fp16", fp16)) if on})
+    failed = 0
+    with Classifier(model, provider, batch_size=batch_size, **options) as classifier:
+        label_width = min(40, max(map(len, classifier.spec.labels)))
+        progress = Progress(len(paths), err, batch_size)
+        for prediction in classifier.iter_predict(paths, topk):
+            progress.clear()
+            failed += not prediction.ok
+            record = json.dumps(prediction.to_dict()) if json_lines else format_prediction(prediction, label_width)
+            print(record, file=out)
+            out.flush()
+            progress.advance(1)
+    if failed:
+        print(f"error: {failed} of {len(paths)} images could not be classified", file=err)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return classify(**vars(args))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,86 @@
+"""The Python API: paths or bytes in, ordered Predictions out, bad images isolated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtimes.classifier import Classifier, Prediction, softmax
+from runtimes.spec import ModelSpec
+from samples.generate import IMAGES_DIR, label_of
+
+SAMPLES = sorted(IMAGES_DIR.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def classifier(demo_export):
+    with Classifier(demo_export.path, "cpu", batch_size=4) as clf:
+        yield clf
+
+
+def test_spec_comes_from_the_model(classifier, demo_export):
+    assert classifier.spec == ModelSpec.from_onnx(demo_export.path)
+    assert classifier.active_providers() == ["CPUExecutionProvider"]
+
+
+def test_paths_and_bytes_keep_their_order(classifier):
+    inputs = [SAMPLES[0], SAMPLES[1].read_bytes(), str(SAMPLES[2])]
+    predictions = classifier.predict(inputs, topk=3)
+    assert [p.image for p in predictions] == [str(SAMPLES[0]), "<bytes #1>", str(SAMPLES[2])]
+    for p in predictions:
+        assert p.ok and len(p.topk) == 3
+        assert [s.prob for s in p.topk] == sorted((s.prob for s in p.topk), reverse=True)
+        assert p.topk[0].label == classifier.spec.labels[p.topk[0].index]
+
+
+def test_a_bad_image_does_not_stop_the_batch(classifier, tmp_path):
+    missing = tmp_path / "missing.jpg"
+    predictions = classifier.predict([SAMPLES[0], b"", b"\xff\xd8garbage", missing, SAMPLES[3]])
+    assert [p.ok for p in predictions] == [True, False, False, False, True]
+    assert "empty" in predictions[1].error
+    assert "No such file" in predictions[3].error
+    assert predictions[1].to_dict() == {"image": "<bytes #1>", "error": predictions[1].error}
+    assert predictions[0].topk == classifier.predict(SAMPLES[0])[0].topk, "neighbours must not change results"
+
+
+def test_batch_size_does_not_change_results(demo_export, classifier):
+    with Classifier(demo_export.path, batch_size=1) as one_by_one:
+        singles = one_by_one.predict(SAMPLES[:5])
+    batched = classifier.predict(SAMPLES[:5])
+    for a, b in zip(singles, batched):
+        assert [s.index for s in a.topk] == [s.index for s in b.topk]
+        np.testing.assert_allclose([s.prob for s in a.topk], [s.prob for s in b.topk], rtol=1e-5, atol=1e-6)
+
+
+def test_topk_is_clamped_to_the_classes(classifier):
+    (prediction,) = classifier.predict(SAMPLES[0], topk=10_000)
+    assert len(prediction.topk) == classifier.spec.num_classes
+    assert sum(s.prob for s in prediction.topk) == pytest.approx(1.0)
+
+
+def test_demo_samples_are_classified_correctly(classifier):
+    predictions = classifier.predict(SAMPLES, topk=1)
+    wrong = [(p.image, p.topk[0].label) for p in predictions if p.topk[0].label != label_of(p.image)]
+    assert not wrong, f"misclassified: {wrong}"
+
+
+def test_softmax_is_stable_for_large_logits():
+    probs = softmax(np.array([[1000.0, 999.0, -1000.0]], dtype=np.float32))
+    assert np.isfinite(probs).all() and probs.sum() == pytest.approx(1.0)
+    assert probs[0, 0] == pytest.approx(1 / (1 + np.exp(-1)))
+
+
+def test_prediction_json_record():
+    ok = Prediction("a.jpg", ())
+    assert ok.to_dict() == {"image": "a.jpg", "topk": []}
+
+
+def test_import_runtimes_stays_light():
+    code = "import sys, runtimes; print(sorted({'numpy', 'cv2', 'onnxruntime', 'onnx'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    code = "import runtimes; print(runtimes.Classifier.__module__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "runtimes.classifier"

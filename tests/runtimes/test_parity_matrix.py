@@ -1,0 +1,70 @@
+"""Every runtime against the PyTorch reference, end to end from JPEG files.
+
+The committed sample JPEGs go through the shared preprocessing, then each runtime's
+logits are compared with the source checkpoint's in PyTorch at batch 1 and 4. A
+runtime that cannot run here is a visible skip carrying the real reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from converters.checkpoint import build_model, load_checkpoint
+from converters.parity import compare
+from runtimes import preprocess
+from runtimes.adapters import create_runner, unavailable_reason
+from runtimes.tolerances import FP16, FP32
+from samples.generate import IMAGES_DIR
+
+BATCHES = (1, 4)
+
+
+def _param(provider: str, options: dict, tol, id_: str | None = None):
+    reason = unavailable_reason(provider)
+    return pytest.param(
+        provider,
+        options,
+        tol,
+        id=id_ or provider,
+        marks=pytest.mark.skipif(reason is not None, reason=f"{provider} unavailable here: {reason}"),
+    )
+
+
+MATRIX = [
+    _param("cpu", {}, FP32),
+    _param("cuda", {}, FP32),
+    _param("tensorrt", {}, FP32),
+    _param("tensorrt", {"fp16": True}, FP16, "tensorrt-fp16"),
+    _param("openvino", {}, FP32),
+    _param("opencv", {}, FP32),
+    _param("torch", {}, FP32),
+]
+
+
+@pytest.fixture(scope="module")
+def jpeg_batch(demo_export):
+    """Four committed JPEGs of different classes, preprocessed with the model's own spec."""
+    paths = sorted(IMAGES_DIR.glob("*.jpg"))[::2][:4]
+    assert len(paths) == 4, f"expected committed sample JPEGs in {IMAGES_DIR}"
+    return preprocess.stack([preprocess.load(p.read_bytes(), demo_export.spec, p.name) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def reference_logits(demo_ckpt, demo_export, jpeg_batch):
+    """PyTorch logits of the source checkpoint, per batch size."""
+    model = build_model(load_checkpoint(demo_ckpt), transform_input=demo_export.spec.transform_input)
+    with torch.inference_mode():
+        return {n: model(torch.from_numpy(jpeg_batch[:n])).numpy() for n in BATCHES}
+
+
+@pytest.mark.parametrize(("provider", "options", "tol"), MATRIX)
+def test_runtime_matches_pytorch(provider, options, tol, demo_export, jpeg_batch, reference_logits):
+    with create_runner(provider, demo_export.path, **options) as runner:
+        for n in BATCHES:
+            logits = runner.infer(np.ascontiguousarray(jpeg_batch[:n]))
+            stats = compare(reference_logits[n], logits, tol)
+            print(f"{provider} {options or ''} {stats.summary()}")
+            assert stats.violations == 0, f"{provider}: {stats.summary()} (atol={tol.atol}, rtol={tol.rtol})"
+            assert stats.top1_agreement == 1.0, f"{provider}: top-1 differs from PyTorch: {stats.summary()}"
