@@ -4,8 +4,9 @@ It reproduces torchvision's classic evaluation pipeline on PIL images::
 
     Image.open(f).convert("RGB") -> Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize
 
-bit-for-bit on 8-bit images, without PIL or torch. OpenCV only decodes; the resize is
-a numpy port of Pillow's resampler (``libImaging/Resample.c``): separable filter,
+on 8-bit images without PIL or torch: bit-for-bit, except that Pillow 13 runs the
+vertical pass first for some size pairs, which moves a few pixels by one level.
+OpenCV only decodes; the resize is a numpy port of Pillow's resampler (``libImaging/Resample.c``): separable filter,
 support widened by the scale factor when downscaling (so it antialiases), 22-bit
 fixed-point weights, horizontal pass first, each pass rounded to uint8. No
 ``cv2.resize`` flag gets close when a photo shrinks a lot: on 1000x1500 to 3000x2000

@@ -1,79 +1,107 @@
 """``make demo``: the toolkit's whole job on a fresh clone, with nothing to download.
 
-1. build the embedded demo checkpoint once (``samples.checkpoint``, about a minute;
-   cached under ``artifacts/demo/`` afterwards);
-2. export it to ONNX with the demo labels, parity-checked against PyTorch
-   (``converters.export``);
-3. classify the committed sample images through the torch-free runtime
-   (``runtimes.classifier``), and score them against the class in each file name.
+1. build the embedded demo checkpoint if absent (``python -m samples.checkpoint``,
+   about a minute; cached under ``artifacts/demo/`` afterwards);
+2. ``python -m converters.export`` it, with the demo labels, to the default model path
+   the runtimes read (``artifacts/googlenet.onnx``), parity-checked against PyTorch;
+3. ``python -m runtimes.run --provider cpu`` on the committed sample images, scored
+   against the class in each file name;
+4. PyTorch eager against ONNX Runtime CPU latency at batch 1 (``runtimes.bench``).
+
+Each step is the same command a user would type; the demo only runs and reads them.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+from runtimes.errors import ToolkitError
+from runtimes.spec import DEFAULT_MODEL
 from samples.checkpoint import DEFAULT_CKPT, REPO_ROOT
 from samples.generate import IMAGES_DIR, LABELS_FILE, label_of
 
-DEMO_MODEL = REPO_ROOT / "artifacts" / "demo" / "googlenet_demo.onnx"
 MIN_ACCURACY = 0.9  # below this the pipeline is broken, not unlucky: exit non-zero
+LATENCY_ITERATIONS = 20
 
 
-def _parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m samples.demo",
-        description="Build the demo checkpoint, export it to ONNX and classify the sample images.",
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _step(title: str, *args: str, capture: bool = False) -> str:
+    """Run ``python -m ARGS`` in the repo root, echoing the command; fail on a non-zero exit."""
+    print(f"\n== {title}\n$ python -m {shlex.join(args)}", flush=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE if capture else None
     )
-    parser.add_argument("--provider", default="cpu", help="runtime to classify with (default: cpu)")
-    parser.add_argument("--images", type=Path, default=IMAGES_DIR, help=f"folder of <class>_<k>.jpg (default: {IMAGES_DIR})")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the checkpoint even if it is cached")
-    return parser.parse_args(argv)
+    if proc.returncode != 0:
+        raise ToolkitError(f"`python -m {shlex.join(args)}` exited with {proc.returncode}")
+    return proc.stdout or ""
+
+
+def _score(jsonl: str) -> float:
+    """Print each sample's prediction against the class in its file name; return accuracy."""
+    records = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    correct = 0
+    print(f"{'image':<24} {'truth':<16} {'predicted':<16} {'prob':>7}")
+    for record in records:
+        name, truth = Path(record["image"]).name, label_of(record["image"])
+        if "error" in record:
+            print(f"{name:<24} {truth:<16} error: {record['error']}")
+            continue
+        best = record["topk"][0]
+        hit = best["label"] == truth
+        correct += hit
+        print(f"{name:<24} {truth:<16} {best['label']:<16} {best['prob']:>7.1%}  {'ok' if hit else 'WRONG'}")
+    accuracy = correct / max(len(records), 1)
+    print(f"{correct}/{len(records)} correct ({accuracy:.0%})")
+    return accuracy
+
+
+def _latency(model: Path) -> None:
+    from runtimes.bench import bench_runtime
+
+    print(f"\n== latency at batch 1, fp32, median of {LATENCY_ITERATIONS} calls (one runtime at a time)")
+    for provider in ("torch", "cpu"):
+        r = bench_runtime(provider, model, iterations=LATENCY_ITERATIONS)
+        if "skipped" in r:
+            print(f"{provider:<6} skipped: {r['skipped']}")
+        else:
+            shown = "PyTorch eager" if provider == "torch" else "ONNX Runtime CPU"
+            print(f"{shown:<17} {r['median_ms']:7.2f} ms  (p90 {r['p90_ms']:.2f} ms, {r['images_per_s']:.1f} images/s)")
 
 
 def main(argv=None) -> int:
-    args = _parse_args(argv)
-    # Heavy imports only after argument parsing, so --help is instant.
-    from converters.export import export
-    from runtimes.classifier import Classifier
-    from runtimes.errors import ImageError
-    from samples.checkpoint import build_checkpoint
+    parser = argparse.ArgumentParser(prog="python -m samples.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the demo checkpoint even if it is cached")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"where to export (default: {DEFAULT_MODEL})")
+    args = parser.parse_args(argv)
 
-    print(f"[1/3] checkpoint {DEFAULT_CKPT.relative_to(REPO_ROOT)}")
-    if args.rebuild or not DEFAULT_CKPT.is_file():
-        print("      building: frozen random trunk, fc and both aux heads trained on synthetic images ...", flush=True)
-        metrics = build_checkpoint(DEFAULT_CKPT)
-        print(f"      built in {metrics['build_s']:.1f} s; held-out top-1 {metrics['heldout_top1']:.1%}")
-    else:
-        print("      cached (pass --rebuild to build it again)")
-
-    print(f"[2/3] export {DEMO_MODEL.relative_to(REPO_ROOT)}", flush=True)
-    start = time.perf_counter()
-    result = export(DEFAULT_CKPT, DEMO_MODEL, labels=LABELS_FILE)
-    parity = result.report["parity"]
-    print(
-        f"      {time.perf_counter() - start:.1f} s; {result.report['aux_stripped']['parameters']:,} aux parameters "
-        f"stripped; parity vs PyTorch: max |diff| {max(p['max_abs'] for p in parity):.2g}, "
-        f"top-1 agreement {min(p['top1_agreement'] for p in parity):.0%}"
+    build = ["samples.checkpoint"] + (["--force"] if args.rebuild else [])
+    _step("demo checkpoint (paper layout, both aux heads)", *build)
+    _step(
+        "export: aux-free, simplified, parity-checked ONNX",
+        "converters.export", "--ckpt", _rel(DEFAULT_CKPT), "--labels", _rel(LABELS_FILE), "--out", str(args.model),
     )
-
-    paths = sorted(args.images.glob("*.jpg"))
-    if not paths:
-        raise ImageError(f"no .jpg images in {args.images}; regenerate them with `python -m samples.generate`")
-    print(f"[3/3] classify {len(paths)} images with provider {args.provider!r}")
-    correct = 0
-    with Classifier(DEMO_MODEL, args.provider) as classifier:
-        for path, prediction in zip(paths, classifier.predict(paths, topk=1)):
-            if not prediction.ok:
-                print(f"      {path.name:<24} error: {prediction.error}")
-                continue
-            best = prediction.topk[0]
-            hit = best.label == label_of(path)
-            correct += hit
-            print(f"      {path.name:<24} {best.label:<16} {best.prob:6.1%}  {'ok' if hit else 'WRONG'}")
-    accuracy = correct / len(paths)
-    print(f"      {correct}/{len(paths)} correct ({accuracy:.0%})")
+    report = json.loads((args.model.parent / f"{args.model.stem}.report.json").read_text())
+    for p in report["parity"]:
+        print(
+            f"parity batch {p['batch']}: max |d| {p['max_abs']:.2e}, mean |d| {p['mean_abs']:.2e}, "
+            f"top-1 {p['top1_agreement']:.0%}, top-5 {p['top5_agreement']:.0%}"
+        )
+    jsonl = _step(
+        "classify the sample images on ONNX Runtime CPU",
+        "runtimes.run", "--provider", "cpu", "--model", str(args.model), "--topk", "1", "--json", _rel(IMAGES_DIR),
+        capture=True,
+    )
+    accuracy = _score(jsonl)
+    _latency(args.model)
     return 0 if accuracy >= MIN_ACCURACY else 1
 
 
