@@ -8,6 +8,7 @@ globals is refused before any of its code runs.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 from dataclasses import dataclass
@@ -39,26 +40,18 @@ class LoadedCheckpoint:
     wrapper: str  # e.g. "model", "state_dict > module." or "raw"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read(path: Path) -> object:
-    """Deserialize without ever running pickle code."""
+def _read(path: Path, data: bytes) -> object:
+    """Deserialize ``data`` (the bytes of ``path``) without ever running pickle code."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+            return load(data)
+        except (SafetensorError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
@@ -150,14 +143,18 @@ def load_checkpoint(path: str | Path, layout: str | None = None) -> LoadedCheckp
         raise CheckpointError(f"checkpoint {path} not found")
     if layout is not None and layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    state_dict, wrapper = _unwrap(_read(path), path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    state_dict, wrapper = _unwrap(_read(path, data), path)
     layout = layout or detect_layout(state_dict)
     aux = {k: v for k, v in state_dict.items() if k.startswith(AUX_PREFIXES)}
     main = {k: v for k, v in state_dict.items() if k not in aux}
     aux_params = sum(v.numel() for k, v in aux.items() if not k.endswith(_BUFFER_SUFFIXES))
     return LoadedCheckpoint(
         path=path,
-        sha256=sha256_of(path),
+        sha256=hashlib.sha256(data).hexdigest(),
         layout=layout,
         num_classes=_num_classes(main, path),
         state_dict=main,

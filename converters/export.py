@@ -10,9 +10,11 @@ parity gate on the exact bytes to be written -> atomic write of model and report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections import Counter
@@ -20,12 +22,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from runtimes.errors import ExportError
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec
 
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5), OpenCV DNN 4.x and older
 # OpenVINO builds all read; GoogLeNet uses no operator that needs a newer one.
 DEFAULT_OPSET = 17
-PARITY_BATCHES = (1, 4)  # batch 4 exercises the dynamic axis
+# Opset 10 brought MaxPool's ceil_mode; the TorchScript exporter stops at 20.
+OPSETS = range(10, 21)
+INPUT_SIZE = ModelSpec(labels=()).crop_size
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -56,8 +61,6 @@ def _versions(*names: str) -> dict[str, str]:
 
 def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
     """Labels from a file (one per line), ImageNet's for 1000 classes, else class_0..N-1."""
-    from runtimes.errors import ExportError
-
     if labels is None:
         if num_classes == 1000:
             labels = IMAGENET_LABELS
@@ -74,19 +77,28 @@ def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _check_destination(out: Path) -> None:
+    """Fail before the minutes of work if the model could not be written anyway."""
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory; give a file path such as {out / 'googlenet.onnx'}")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ExportError(f"cannot write {out}: {parent} is not a writable directory")
+
+
 def _torch_to_onnx(model, opset: int):
     import onnx
     import torch
 
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _as_export_error("torch.onnx.export failed"):
         warnings.simplefilter("ignore")  # the tracer's shape-inference chatter
         # dynamo=False: the TorchScript exporter. The dynamo exporter (the default
         # since torch 2.9) needs onnxscript and gains nothing on a static CNN; the
         # tracer emits plain Conv/Relu/MaxPool/Concat/LRN with a symbolic batch dim.
         torch.onnx.export(
             model,
-            torch.zeros(1, 3, 224, 224),
+            torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),
             buffer,
             dynamo=False,
             opset_version=opset,
@@ -98,16 +110,24 @@ def _torch_to_onnx(model, opset: int):
     return onnx.load_from_string(buffer.getvalue())
 
 
+@contextlib.contextmanager
+def _as_export_error(what: str):
+    """Turn a library's exception into one ExportError line."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as exc:  # torch and onnx raise many unrelated types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{what}: {first}") from None
+
+
 def _check(model) -> None:
     import onnx
 
-    from runtimes.errors import ExportError
-
-    try:
+    with _as_export_error("exported graph fails onnx.checker"):
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
 
 def simplify(model):
@@ -132,13 +152,15 @@ def simplify(model):
 
 
 def _assert_io(model, num_classes: int) -> None:
-    from runtimes.errors import ExportError
-
     def dims(value):
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
-    (inp,), (out,) = model.graph.input, model.graph.output
-    if dims(inp) != ["batch", 3, 224, 224] or dims(out) != ["batch", num_classes]:
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]  # old IRs list weights as inputs
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ExportError(f"expected one input and one output, found {len(inputs)} and {len(model.graph.output)}")
+    (inp,), (out,) = inputs, model.graph.output
+    if dims(inp) != ["batch", 3, INPUT_SIZE, INPUT_SIZE] or dims(out) != ["batch", num_classes]:
         raise ExportError(f"unexpected graph I/O after simplification: {inp.name}{dims(inp)} -> {out.name}{dims(out)}")
 
 
@@ -165,7 +187,6 @@ def export(
     and models fine-tuned from them need it) and off for the paper layout.
     """
     import onnx
-    import torch
 
     from converters.checkpoint import build_model, load_checkpoint
     from converters.googlenet import count_parameters
@@ -173,6 +194,9 @@ def export(
     from runtimes.atomic import write_bytes, write_text
 
     out = Path(out)
+    _check_destination(out)
+    if opset not in OPSETS:
+        raise ExportError(f"opset {opset} is not supported; use {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     timings = {}
     start = t0 = time.perf_counter()
     ckpt = load_checkpoint(ckpt, layout=layout)
@@ -204,7 +228,7 @@ def export(
         transform_input=transform_input,
         extra={
             "num_classes": ckpt.num_classes,
-            "input_shape": ["batch", 3, 224, 224],
+            "input_shape": ["batch", 3, INPUT_SIZE, INPUT_SIZE],
             "opset": opset,
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
             "simplifier": tool,
@@ -220,7 +244,7 @@ def export(
     data = onnx_model.SerializeToString()
 
     t0 = time.perf_counter()
-    stats = check_parity(model, data, batches=PARITY_BATCHES, seed=seed)
+    stats = check_parity(model, data, size=INPUT_SIZE, seed=seed)
     timings["verify_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -239,8 +263,11 @@ def export(
         "parity": [s.as_dict() for s in stats],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
-    write_bytes(out, data)
-    report_path = write_text(report_path_for(out), json.dumps(report, indent=2) + "\n")
+    try:
+        write_bytes(out, data)
+        report_path = write_text(report_path_for(out), json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     return ExportResult(path=out, report_path=report_path, spec=spec, report=report)
 
 
@@ -252,7 +279,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ckpt", required=True, help="training checkpoint (.pth/.pt/.safetensors)")
     parser.add_argument("--out", default=str(DEFAULT_MODEL), help="output model (default: %(default)s)")
     parser.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000 classes)")
-    parser.add_argument("--layout", choices=("paper", "torchvision"), help="override layout detection")
+    parser.add_argument("--layout", help="override layout detection: paper or torchvision")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     parser.add_argument(
         "--no-transform-input", dest="transform_input", action="store_false", default=None,

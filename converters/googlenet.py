@@ -22,13 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtimes.spec import IMAGENET_MEAN, IMAGENET_STD
+
 LAYOUTS = ("paper", "torchvision")
 AUX_LOSS_WEIGHT = 0.3  # the paper's discount on each auxiliary loss
 AUX_PREFIXES = ("aux1.", "aux2.")
-
-# ImageNet statistics torchvision's transform_input folds into the graph.
-_TV_MEAN = (0.485, 0.456, 0.406)
-_TV_STD = (0.229, 0.224, 0.225)
 
 # (in, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj): Table 1.
 INCEPTION_CONFIG = {
@@ -212,8 +210,8 @@ class GoogLeNet(nn.Module):
         if not self.transform_input:
             return x
         # Channel c: x * (std_c / 0.5) + (mean_c - 0.5) / 0.5, as torchvision does.
-        scale = torch.tensor([s / 0.5 for s in _TV_STD], dtype=x.dtype, device=x.device)
-        shift = torch.tensor([(m - 0.5) / 0.5 for m in _TV_MEAN], dtype=x.dtype, device=x.device)
+        scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=x.dtype, device=x.device)
+        shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=x.dtype, device=x.device)
         return x * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def seeded_inputs(batch: int, size: int, seed: int) -> np.ndarray:
 def check_parity(
     model: torch.nn.Module,
     onnx_model: bytes,
-    batches: tuple[int, ...] = (1, 4),
+    batches: tuple[int, ...] = (1, 4),  # batch 4 exercises the dynamic axis
     size: int = 224,
     seed: int = 0,
     tol: Tolerance = FP32,
@@ -111,8 +111,6 @@ def check_parity(
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-    if session.get_providers()[0] != "CPUExecutionProvider":
-        raise ParityError(f"ONNX Runtime CPU provider did not load (got {session.get_providers()})")
     input_name = session.get_inputs()[0].name
     stats = []
     for batch in batches:
@@ -123,10 +121,9 @@ def check_parity(
         stats.append(compare(ref, out, tol))
     failed = [s for s in stats if not s.passed]
     if failed:
-        error = ParityError(
+        raise ParityError(
             f"ONNX Runtime disagrees with PyTorch beyond atol={tol.atol} rtol={tol.rtol}: "
-            + "; ".join(s.summary() for s in failed)
+            + "; ".join(s.summary() for s in failed),
+            stats,
         )
-        error.stats = stats
-        raise error
     return stats

@@ -6,6 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# Read once at import: os.umask can only be read by setting it, which would race
+# with other threads creating files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
@@ -13,7 +18,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -23,12 +28,6 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -17,7 +17,11 @@ class ExportError(ToolkitError):
 
 
 class ParityError(ToolkitError):
-    """ONNX Runtime disagrees with PyTorch beyond tolerance."""
+    """ONNX Runtime disagrees with PyTorch beyond tolerance; ``stats`` has every batch's numbers."""
+
+    def __init__(self, message: str, stats: tuple = ()) -> None:
+        super().__init__(message)
+        self.stats = tuple(stats)
 
 
 class ModelSpecError(ToolkitError):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from converters.export import report_path_for
 from runtimes.errors import ToolkitError
 from runtimes.spec import DEFAULT_MODEL
 from samples.checkpoint import DEFAULT_CKPT, REPO_ROOT
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the demo checkpoint even if it is cached")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"where to export (default: {DEFAULT_MODEL})")
     args = parser.parse_args(argv)
+    args.model = args.model.resolve()  # the steps run in the repo root, this process may not
 
     build = ["samples.checkpoint"] + (["--force"] if args.rebuild else [])
     _step("demo checkpoint (paper layout, both aux heads)", *build)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         "export: aux-free, simplified, parity-checked ONNX",
         "converters.export", "--ckpt", _rel(DEFAULT_CKPT), "--labels", _rel(LABELS_FILE), "--out", str(args.model),
     )
-    report = json.loads((args.model.parent / f"{args.model.stem}.report.json").read_text())
+    report = json.loads(report_path_for(args.model).read_text())
     for p in report["parity"]:
         print(
             f"parity batch {p['batch']}: max |d| {p['max_abs']:.2e}, mean |d| {p['mean_abs']:.2e}, "

@@ -144,7 +144,7 @@ def label_of(path: str | Path) -> str:
 
 
 def write_samples(out_dir: Path = IMAGES_DIR, per_class: int = SAMPLES_PER_CLASS, seed: int = SAMPLES_SEED) -> list[Path]:
-    """(Re)write ``<class>_<k>.jpg`` for every class, and labels.txt; returns the image paths."""
+    """(Re)write ``<class>_<k>.jpg`` for every class into ``out_dir``; returns the image paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.jpg"):
         stale.unlink()
@@ -155,7 +155,6 @@ def write_samples(out_dir: Path = IMAGES_DIR, per_class: int = SAMPLES_PER_CLASS
             path = out_dir / f"{name}_{k}.jpg"
             path.write_bytes(encode_jpeg(make_image(rng, label)))
             paths.append(path)
-    LABELS_FILE.write_text("".join(f"{name}\n" for name in CLASSES))
     return paths
 
 
@@ -164,6 +163,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=SAMPLES_PER_CLASS)
     args = parser.parse_args()
     paths = write_samples(per_class=args.per_class)
+    LABELS_FILE.write_text("".join(f"{name}\n" for name in CLASSES))
     total = sum(p.stat().st_size for p in paths)
     print(f"wrote {len(paths)} images to {IMAGES_DIR} ({total / 1024:.0f} KiB) and {LABELS_FILE}")
 

@@ -199,6 +199,20 @@ def test_bad_checkpoints_fail_cleanly(tmp_path, paper_ckpt, kind):
         assert "refused" in lines[0] and "posix.system" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--opset", "99"], "opset 99 is not supported; use 10 to 20"),
+        (["--out", "{tmp}"], "is a directory"),
+        (["--layout", "resnet"], "unknown layout 'resnet'; known: paper, torchvision"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, paper_ckpt, args, message):
+    proc = _run_cli("--ckpt", str(paper_ckpt), *[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr, proc.stderr
+
+
 def test_cli_exports(tmp_path, paper_ckpt):
     out = tmp_path / "cli.onnx"
     proc = _run_cli("--ckpt", str(paper_ckpt), "--out", str(out), "--no-simplify")
