@@ -19,11 +19,11 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from runtimes.errors import ExportError
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec
+from runtimes.versions import package_version, package_versions
 
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5), OpenCV DNN 4.x and older
 # OpenVINO builds all read; GoogLeNet uses no operator that needs a newer one.
@@ -47,16 +47,6 @@ class ExportResult:
 
 def report_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".report.json")
-
-
-def _versions(*names: str) -> dict[str, str]:
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
@@ -232,7 +222,7 @@ def export(
             "opset": opset,
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
             "simplifier": tool,
-            "versions": _versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxsim", "onnxslim"),
+            "versions": package_versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxsim", "onnxslim"),
             "checkpoint": str(ckpt.path.resolve()),
             "checkpoint_sha256": ckpt.sha256,
         },
@@ -240,7 +230,7 @@ def export(
     # Metadata goes in after simplification, which may drop it.
     del onnx_model.metadata_props[:]
     onnx.helper.set_model_props(onnx_model, {METADATA_KEY: spec.to_json()})
-    onnx_model.producer_name, onnx_model.producer_version = "googlenet-deploy", _versions("googlenet-deploy").get("googlenet-deploy", "")
+    onnx_model.producer_name, onnx_model.producer_version = "googlenet-deploy", package_version("googlenet-deploy") or ""
     data = onnx_model.SerializeToString()
 
     t0 = time.perf_counter()

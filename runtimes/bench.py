@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.cli import run_cli
+from runtimes.cli import non_negative_int, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_PROVIDERS = ("cpu", "openvino", "opencv", "torch")
@@ -45,10 +45,12 @@ def bench_runtime(
     from runtimes.adapters import create_runner, unavailable_reason
     from runtimes.errors import ToolkitError
 
+    if batch_size < 1 or iterations < 1 or warmup < 0:
+        raise ValueError(f"need batch_size >= 1, iterations >= 1, warmup >= 0; got {batch_size}, {iterations}, {warmup}")
     reason = unavailable_reason(provider)
     if reason is not None:
         return {"provider": provider, "skipped": reason}
-    runner = create_runner(provider, model, **(options or {}))
+    runner = create_runner(provider, model, batch_size=batch_size, **(options or {}))
     started = time.perf_counter()
     try:
         runner.load()
@@ -58,13 +60,16 @@ def bench_runtime(
         load_s = time.perf_counter() - started
         size = runner.spec.crop_size
         batch = np.random.default_rng(0).standard_normal((batch_size, 3, size, size), dtype=np.float32)
-        for _ in range(warmup):
-            runner.infer(batch)
-        times = []
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            runner.infer(batch)
-            times.append(time.perf_counter() - t0)
+        try:
+            for _ in range(warmup):
+                runner.infer(batch)
+            times = []
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                runner.infer(batch)
+                times.append(time.perf_counter() - t0)
+        except ToolkitError as exc:
+            return {"provider": provider, "skipped": f"failed to run: {exc}"}
         active = runner.active_providers()
     median = statistics.median(times)
     return {
@@ -132,20 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtimes.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"ONNX model (default: {DEFAULT_MODEL})")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS), help="comma-separated runtimes")
-    parser.add_argument("--iterations", type=int, default=50, help="timed calls per runtime (default: 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per call (default: 1)")
+    parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per runtime (default: 50)")
+    parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls first (default: 5)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per call (default: 1)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold-start measurement")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    from runtimes.errors import ModelSpecError
+    from runtimes.adapters import runner_class
+    from runtimes.spec import require_model
 
-    if not args.model.is_file():
-        raise ModelSpecError(f"model {args.model} not found; export one with `python -m converters.export`")
+    require_model(args.model)
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    for provider in providers:  # a typo fails before minutes of measuring, not after
+        runner_class(provider)
     results = []
-    for provider in [p.strip() for p in args.providers.split(",") if p.strip()]:
+    for provider in providers:
         options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
         results.append(
             bench_runtime(

@@ -19,7 +19,7 @@ import numpy as np
 from runtimes import preprocess
 from runtimes.adapters import create_runner
 from runtimes.errors import ImageError
-from runtimes.spec import DEFAULT_MODEL
+from runtimes.spec import DEFAULT_MODEL, ModelSpec
 
 ImageInput = str | Path | bytes
 DEFAULT_BATCH_SIZE = 8
@@ -84,8 +84,12 @@ class Classifier:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.runner = create_runner(provider, model_path, **options).load()
-        self.spec = self.runner.spec
+        self.runner = create_runner(provider, model_path, batch_size=batch_size, **options).load()
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's preprocessing spec and labels, as its runner read them."""
+        return self.runner.spec
 
     def active_providers(self) -> list[str]:
         """What really runs the graph (see Runner.active_providers)."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 from runtimes.cli import run_cli
+from runtimes.versions import package_versions
 
 # Library -> the distributions that may provide it, preferred first.
 DISTRIBUTIONS = {
@@ -34,13 +34,8 @@ def library_versions() -> dict[str, str]:
     """``{library: "version (distribution)"}``, or "not installed"; imports nothing."""
     versions = {"python": platform.python_version()}
     for library, distributions in DISTRIBUTIONS.items():
-        versions[library] = "not installed"
-        for dist in distributions:
-            try:
-                versions[library] = f"{metadata.version(dist)} ({dist})"
-                break
-            except metadata.PackageNotFoundError:
-                continue
+        installed = package_versions(*distributions)  # preferred distribution first
+        versions[library] = next((f"{v} ({dist})" for dist, v in installed.items()), "not installed")
     return versions
 
 

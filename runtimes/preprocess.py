@@ -33,7 +33,7 @@ import numpy as np
 from runtimes.errors import ImageError, ModelSpecError
 from runtimes.spec import ModelSpec
 
-__all__ = ["MAX_PIXELS", "decode_image", "load", "prepare", "stack"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "load", "prepare", "stack"]
 
 # Decompression-bomb guard: a 1 KB PNG can claim 100000x100000 pixels. 2**27 (134 MP)
 # is above any common camera sensor; 16-bit RGB at that size is already 800 MB.
@@ -145,18 +145,20 @@ def _check_header(data: bytes, name: str, max_pixels: int) -> None:
             )
 
 
-_FORMATS = {  # name -> magic bytes at offset 0
-    "JPEG": (b"\xff\xd8",),
-    "PNG": (b"\x89PNG\r\n\x1a\n",),
-    "BMP": (b"BM",),
-    "GIF": (b"GIF87a", b"GIF89a"),
-    "WebP": (b"RIFF",),  # and "WEBP" at offset 8
-    "TIFF": (b"II*\x00", b"MM\x00*"),
+_FORMATS = {  # name -> (magic bytes at offset 0, file extensions)
+    "JPEG": ((b"\xff\xd8",), (".jpg", ".jpeg")),
+    "PNG": ((b"\x89PNG\r\n\x1a\n",), (".png",)),
+    "BMP": ((b"BM",), (".bmp",)),
+    "GIF": ((b"GIF87a", b"GIF89a"), (".gif",)),
+    "WebP": ((b"RIFF",), (".webp",)),  # and "WEBP" at offset 8
+    "TIFF": ((b"II*\x00", b"MM\x00*"), (".tif", ".tiff")),
 }
+# What a folder search picks up (runtimes.run): exactly the formats decode_image accepts.
+IMAGE_EXTENSIONS = frozenset(ext for _, extensions in _FORMATS.values() for ext in extensions)
 
 
 def _sniff_format(data: bytes) -> str | None:
-    for kind, magics in _FORMATS.items():
+    for kind, (magics, _) in _FORMATS.items():
         if data.startswith(magics) and (kind != "WebP" or data[8:12] == b"WEBP"):
             return kind
     return None

@@ -3,8 +3,9 @@
     python -m runtimes.run [--provider cpu] [--json] IMAGES...
 
 IMAGES are files, directories (searched recursively for image extensions) or globs.
-Each image gets its result or its own error; the exit status is 1 if any failed and
-2 for a user mistake (unknown provider, missing model), reported in one line.
+Each image gets its result or its own error; the exit status is 1 if any failed,
+2 for a user mistake (unknown provider, missing model), reported in one line, and 141
+when the reader of stdout stops early (``| head -1``).
 """
 
 from __future__ import annotations
@@ -16,19 +17,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import run_cli
-from runtimes.errors import ImageError
+from runtimes.cli import non_negative_int, positive_int, run_cli
+from runtimes.errors import ImageError, ProviderError
 from runtimes.spec import DEFAULT_MODEL
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 EXIT_SOME_FAILED = 1
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, directories or globs")
     parser.add_argument("--provider", default="cpu", help="cpu, cuda, tensorrt, openvino, opencv or torch (default: cpu)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per inference call (default: 8)")
-    parser.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image (default: 5)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--json", dest="json_lines", action="store_true", help="JSON Lines on stdout, one object per image")
     parser.add_argument("--allow-fallback", action="store_true", help="cuda/tensorrt: run on CPU instead of failing")
-    parser.add_argument("--device-id", type=int, help="cuda/tensorrt: GPU index (default: 0)")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--device-id", type=non_negative_int, help="cuda/tensorrt: GPU index (default: 0)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
     parser.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
     return parser
@@ -55,6 +48,8 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
     A path that matches nothing is kept as is, so it is reported as its own error.
     """
+    from runtimes.preprocess import IMAGE_EXTENSIONS  # imports cv2: not before --help is handled
+
     found: list[Path] = []
     for text in inputs:
         path = Path(text)
@@ -90,6 +85,31 @@ class Progress:
             self.stream.flush()
 
 
+def runner_options(provider: str, **given: object) -> dict[str, object]:
+    """The options the user set (not None, not False), checked against what ``provider`` takes.
+
+    The runner would reject the others in keyword terms; this says it in the flags the
+    user typed: "--device-id and --fp16 do not apply to provider 'cpu'; its options: --threads".
+    """
+    from runtimes.adapters import runner_class
+
+    takes = runner_class(provider).OPTIONS
+    options = {name: value for name, value in given.items() if value is not None and value is not False}
+    unknown = [_flag(name) for name in options if name not in takes]
+    if unknown:
+        ours = [_flag(name) for name in given if name in takes]
+        names = unknown[0] if len(unknown) == 1 else f"{', '.join(unknown[:-1])} and {unknown[-1]}"
+        verb = "does" if len(unknown) == 1 else "do"
+        raise ProviderError(
+            f"{names} {verb} not apply to provider {provider!r}; its options: {', '.join(ours) or 'none'}"
+        )
+    return options
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def format_prediction(prediction, label_width: int) -> str:
     """The human-readable block for one image: its path, then rank, label and probability."""
     if prediction.error is not None:
@@ -116,14 +136,15 @@ def classify(
 ) -> int:
     """Classify ``images`` and write results to ``out`` (stdout); 0 if all succeeded, 1 if any failed."""
     from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
+    from runtimes.preprocess import IMAGE_EXTENSIONS
 
     out, err = out or sys.stdout, err or sys.stderr
+    options = runner_options(
+        provider, threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16
+    )
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    options = {"threads": threads, "device_id": device_id, "ckpt": ckpt}
-    options = {k: v for k, v in options.items() if v is not None}
-    options.update({k: True for k, on in (("allow_fallback", allow_fallback), ("fp16", fp16)) if on})
     failed = 0
     with Classifier(model, provider, batch_size=batch_size, **options) as classifier:
         label_width = min(40, max(map(len, classifier.spec.labels)))

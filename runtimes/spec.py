@@ -49,26 +49,31 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str = "metadata") -> "ModelSpec":
+        """The spec from its JSON; absent keys take the defaults above, except ``labels``."""
         try:
             data = json.loads(text)
-            data["labels"] = tuple(data["labels"])
-            data["mean"] = tuple(data["mean"])
-            data["std"] = tuple(data["std"])
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelSpecError(f"{source}: malformed {METADATA_KEY} metadata ({exc}); re-export the model") from None
+        except ValueError as exc:
+            raise ModelSpecError(f"{source}: {METADATA_KEY} metadata is not JSON ({exc}); re-export the model") from None
+        if not isinstance(data, dict) or "labels" not in data:
+            raise ModelSpecError(f"{source}: {METADATA_KEY} metadata has no labels (the one required key); re-export the model")
+        values = {}
+        for name, (convert, expected) in _FIELD_TYPES.items():
+            if name in data:
+                try:
+                    values[name] = convert(data[name])
+                except TypeError:
+                    raise ModelSpecError(
+                        f"{source}: {METADATA_KEY} metadata has {name}={data[name]!r:.60}, expected {expected}; "
+                        "re-export the model"
+                    ) from None
+        return cls(**values)  # unknown keys are ignored: a newer exporter may add some
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "ModelSpec":
         """Read the spec from an ONNX file's metadata_props."""
         import onnx  # deferred: keeps `--help` fast
 
-        path = Path(path)
-        if not path.is_file():
-            raise ModelSpecError(
-                f"model {path} not found; export one with `python -m converters.export --ckpt CKPT --out {path}`"
-            )
+        path = require_model(path)
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises several unrelated types
@@ -84,3 +89,61 @@ class ModelSpec:
                 "export it with `python -m converters.export`"
             )
         return cls.from_json(metadata[METADATA_KEY], source=source)
+
+
+def require_model(path: str | Path) -> Path:
+    """``path`` as a Path if it is a file; else a ModelSpecError that says how to make one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSpecError(
+            f"model {path} not found; export one with `python -m converters.export --ckpt CKPT --out {path}`"
+        )
+    return path
+
+
+# Converters from JSON values to field values; each raises TypeError on a wrongly typed
+# value. bool is a subclass of int, so `true` is refused explicitly where a number is meant.
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError
+    return value
+
+
+def _three_numbers(value: object) -> tuple[float, float, float]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise TypeError
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise TypeError
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _labels(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise TypeError
+    return tuple(value)
+
+
+def _of_type(kind: type):
+    def convert(value: object):
+        if not isinstance(value, kind):
+            raise TypeError
+        return value
+
+    return convert
+
+
+_FIELD_TYPES = {  # field -> (converter, what the message says was expected)
+    "labels": (_labels, "a non-empty list of strings"),
+    "layout": (_of_type(str), "a string"),
+    "input_name": (_of_type(str), "a string"),
+    "output_name": (_of_type(str), "a string"),
+    "resize_size": (_positive_int, "a positive integer"),
+    "crop_size": (_positive_int, "a positive integer"),
+    "interpolation": (_of_type(str), "a string"),
+    "mean": (_three_numbers, "3 numbers"),
+    "std": (_three_numbers, "3 numbers"),
+    "channel_order": (_of_type(str), "a string"),
+    "transform_input": (_of_type(bool), "true or false"),
+    "precision": (_of_type(str), "a string"),
+    "extra": (_of_type(dict), "an object"),
+}

@@ -7,12 +7,13 @@ small ``*_impl`` hooks that each adapter fills in. Heavy libraries are imported 
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtimes.errors import ModelSpecError, ProviderError
-from runtimes.spec import ModelSpec
+from runtimes.errors import ProviderError
+from runtimes.spec import ModelSpec, require_model
 
 if TYPE_CHECKING:  # numpy is imported by whoever builds the batch
     import numpy as np
@@ -22,11 +23,13 @@ class Runner(ABC):
     """Loads one ONNX model on one runtime and maps NCHW float32 batches to (N, C) logits.
 
     ``OPTIONS`` names the keyword options the runner accepts with their defaults; the
-    registry rejects any other option with a message listing these.
+    registry rejects any other option with a message listing these. ``REQUIRES`` is the
+    module the runtime needs and the reason given when it is not installed.
     """
 
     name: ClassVar[str]
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    REQUIRES: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, model_path: str | Path, spec: ModelSpec | None = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.OPTIONS))
@@ -46,19 +49,25 @@ class Runner(ABC):
         return self._spec
 
     def load(self) -> "Runner":
-        """Build the runtime's session; idempotent. Raises ProviderError if it cannot run here."""
+        """Build the runtime's session and read the spec; idempotent.
+
+        Raises ProviderError if the runtime cannot run here or cannot load the file, and
+        ModelSpecError if the model lacks this toolkit's metadata.
+        """
         if not self._loaded:
-            if not self.model_path.is_file():
-                raise ModelSpecError(
-                    f"model {self.model_path} not found; export one with "
-                    f"`python -m converters.export --ckpt CKPT --out {self.model_path}`"
-                )
+            require_model(self.model_path)
             reason = self.unavailable_reason()
             if reason is None:
                 self._load_impl()
             else:
                 self._load_unavailable(reason)
             self._loaded = True
+            if self._spec is None:  # read after the session: ORT runners take it from there
+                try:
+                    self._spec = self._read_spec()
+                except BaseException:
+                    self.close()
+                    raise
         return self
 
     def infer(self, batch: "np.ndarray") -> "np.ndarray":
@@ -98,6 +107,8 @@ class Runner(ABC):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this runtime cannot run here (cheap check, no session), or None if it may."""
+        if cls.REQUIRES is not None and importlib.util.find_spec(cls.REQUIRES[0]) is None:
+            return cls.REQUIRES[1]
         return None
 
     def _load_unavailable(self, reason: str) -> None:

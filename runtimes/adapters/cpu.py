@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from runtimes.adapters.ort_common import OrtRunner
-from runtimes.errors import ProviderError
 
 
 class CpuRunner(OrtRunner):
@@ -12,7 +11,6 @@ class CpuRunner(OrtRunner):
     name = "cpu"
 
     def _load_impl(self) -> None:
+        # ORT runs only the providers it is given (CPU is its own fallback), so no check of
+        # what became active is needed here, unlike the GPU runners.
         self.session, _ = self._create_session(["CPUExecutionProvider"])
-        active = self.session.get_providers()
-        if active != ["CPUExecutionProvider"]:
-            raise ProviderError(f"cpu: expected ORT to run on CPUExecutionProvider only, it chose {active}")

@@ -6,7 +6,6 @@ engine accepts the exported dynamic batch axis, so a batch goes through in one c
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from runtimes.adapters.base import Runner
@@ -18,12 +17,7 @@ class OpencvRunner(Runner):
 
     name = "opencv"
     OPTIONS: dict[str, Any] = {"threads": None}
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("cv2") is None:
-            return "OpenCV is not installed: pip install opencv-python-headless"
-        return None
+    REQUIRES = ("cv2", "OpenCV is not installed: pip install opencv-python-headless")
 
     def _load_impl(self) -> None:
         import cv2

@@ -8,10 +8,18 @@ already the default, so it costs nothing there).
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from runtimes.adapters.base import Runner
+from runtimes.adapters.native import captured_native_output
+from runtimes.errors import ProviderError
+
+
+def _first_message(exc: Exception) -> str:
+    """The first line of an OpenVINO error that says something: its first lines are
+    "Exception from src/.../core.cpp:84:" frames, one per C++ layer."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith("Exception from ")), lines[0] if lines else repr(exc))
 
 
 class OpenvinoRunner(Runner):
@@ -19,12 +27,7 @@ class OpenvinoRunner(Runner):
 
     name = "openvino"
     OPTIONS: dict[str, Any] = {"threads": None, "device": "CPU"}
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed: pip install 'googlenet-deploy[openvino]'"
-        return None
+    REQUIRES = ("openvino", "openvino is not installed: pip install 'googlenet-deploy[openvino]'")
 
     def _load_impl(self) -> None:
         import openvino as ov
@@ -37,7 +40,13 @@ class OpenvinoRunner(Runner):
         }
         if self.options["threads"]:
             config["INFERENCE_NUM_THREADS"] = self.options["threads"]
-        self.compiled = core.compile_model(core.read_model(str(self.model_path)), self.options["device"], config)
+        # Given a file that is not ONNX, read_model tries every frontend, and TensorFlow's
+        # logs its parse errors to fd 2; they would follow our one-line error.
+        with captured_native_output():
+            try:
+                self.compiled = core.compile_model(core.read_model(str(self.model_path)), self.options["device"], config)
+            except RuntimeError as exc:  # OpenVINO raises RuntimeError for every load failure
+                raise ProviderError(f"openvino: cannot load {self.model_path}: {_first_message(exc)}") from None
         self.request = self.compiled.create_infer_request()
 
     def inference_precision(self) -> str:

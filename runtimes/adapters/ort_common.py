@@ -3,20 +3,15 @@ check that the requested execution provider is really the one running."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
 import re
-import sys
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 from runtimes.adapters.base import Runner
+from runtimes.adapters.native import captured_native_output
 from runtimes.errors import ProviderError
 from runtimes.spec import ModelSpec
 
-# ORT's C++ logger colours its lines; strip that before quoting them in an error.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
 _ORT_LOG_LINE = re.compile(r"\[([EW]):onnxruntime:[^\]]*\](.*)")
 _ORT_LOG_ERROR = 3  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
@@ -52,33 +47,6 @@ def session_options(threads: int | None, spinning: bool, log_severity: int = _OR
     return options
 
 
-@contextlib.contextmanager
-def captured_native_output() -> Iterator[list[str]]:
-    """Collect what C++ code writes to fds 1 and 2 (ORT's logger, its fallback print).
-
-    ORT reports a failed provider only there; capturing keeps it out of ``--json``
-    stdout and lets us quote it. Yields a list that holds the text after the block.
-    """
-    result: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield result
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            result.append(_ANSI.sub("", sink.read().decode(errors="replace")))
-
-
 def ort_failure_lines(log: str) -> str:
     """The error and warning messages of an ORT log, without timestamps, joined into one line."""
     messages = []
@@ -95,6 +63,7 @@ class OrtRunner(Runner):
     """An ONNX Runtime session; subclasses pick the execution providers in ``_load_impl``."""
 
     OPTIONS: dict[str, Any] = {"threads": None, "spinning": False}
+    REQUIRES = ("onnxruntime", "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)")
     log_severity = _ORT_LOG_ERROR  # what ORT may print while the session is created
     session: Any = None
 
@@ -129,10 +98,3 @@ class OrtRunner(Runner):
 
     def _close_impl(self) -> None:
         self.session = None
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
-        return None
-

@@ -6,7 +6,6 @@ or any other under runtimes/, works on a machine without torch.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from runtimes.adapters.base import Runner
@@ -22,12 +21,10 @@ class TorchRunner(Runner):
 
     name = "torch"
     OPTIONS: dict[str, Any] = {"ckpt": None, "threads": None}
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("torch") is None:
-            return "PyTorch is not installed (it is the reference, not a deployment runtime): pip install 'googlenet-deploy[convert]'"
-        return None
+    REQUIRES = (
+        "torch",
+        "PyTorch is not installed (it is the reference, not a deployment runtime): pip install 'googlenet-deploy[convert]'",
+    )
 
     def _load_impl(self) -> None:
         import torch

@@ -49,6 +49,16 @@ def unavailable_error(name: str, reason: str) -> ProviderError:
     return ProviderError(f"requested provider {name!r}; available here: {available}; {name}: {reason}")
 
 
-def create_runner(name: str, model_path: str | Path, spec: ModelSpec | None = None, **options: Any) -> Runner:
-    """An unloaded runner for ``name``; call ``load()`` or use it as a context manager."""
-    return runner_class(name)(model_path, spec, **options)
+def create_runner(
+    name: str, model_path: str | Path, spec: ModelSpec | None = None, *, batch_size: int | None = None, **options: Any
+) -> Runner:
+    """An unloaded runner for ``name``; call ``load()`` or use it as a context manager.
+
+    ``batch_size`` is the largest batch you will send: a runner built for a fixed range
+    of batches (tensorrt's engine profile, option ``max_batch``) is built to cover it.
+    """
+    cls = runner_class(name)
+    if batch_size is not None and "max_batch" in cls.OPTIONS:
+        # Never below the default: each profile is its own cached engine, built for minutes.
+        options.setdefault("max_batch", max(batch_size, cls.OPTIONS["max_batch"]))
+    return cls(model_path, spec, **options)

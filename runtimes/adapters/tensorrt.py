@@ -16,6 +16,7 @@ from typing import Any
 
 from runtimes.adapters.cuda import CudaRunner
 from runtimes.adapters.nvidia import gpu_names, tensorrt_version
+from runtimes.errors import ProviderError
 
 
 def default_cache_root() -> Path:
@@ -65,3 +66,14 @@ class TensorrtRunner(CudaRunner):
         }
         # CUDA takes any node TensorRT rejects; CPU only what neither can run.
         return [(self.provider, trt_options), ("CUDAExecutionProvider", self._cuda_options()), "CPUExecutionProvider"]
+
+    def _infer_impl(self, batch: Any) -> Any:
+        # An engine runs only the batches its profile covers; ORT would fail with a long
+        # shape error. Not checked on CPU after a fallback, which takes any batch.
+        if len(batch) > self.options["max_batch"] and self.provider in self.session.get_providers():
+            raise ProviderError(
+                f"tensorrt: a batch of {len(batch)} images is over the engine profile's max_batch "
+                f"{self.options['max_batch']}; create the runner with batch_size={len(batch)} (or max_batch) "
+                "or send smaller batches"
+            )
+        return super()._infer_impl(batch)

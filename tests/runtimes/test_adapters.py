@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtimes.adapters import RUNNERS, Runner, available_providers, create_runner, runner_class
-from runtimes.adapters.tensorrt import engine_cache_dir
+from runtimes.adapters import RUNNERS, Runner, available_providers, create_runner, runner_class, unavailable_reason
+from runtimes.adapters.tensorrt import TensorrtRunner, engine_cache_dir
+from runtimes.doctor import write_tiny_model
 from runtimes.errors import ModelSpecError, ProviderError
+
+# Each runtime that can load a file here; one that cannot is a visible skip.
+LOADERS = [
+    pytest.param(name, marks=pytest.mark.skipif(unavailable_reason(name) is not None, reason=f"{name}: {unavailable_reason(name)}"))
+    for name in ("cpu", "openvino", "opencv")
+]
 
 
 def test_every_registered_runner_resolves_without_loading_its_runtime():
@@ -30,8 +37,47 @@ def test_unknown_option_lists_the_runners_options():
 
 
 def test_missing_model_is_a_model_spec_error(tmp_path):
-    with pytest.raises(ModelSpecError, match="not found"):
+    with pytest.raises(ModelSpecError, match="not found; export one with `python -m converters.export"):
         create_runner("cpu", tmp_path / "absent.onnx").load()
+
+
+def test_a_runner_names_the_module_it_requires_and_how_to_install_it():
+    class Needy(Runner):
+        name = "needy"
+        REQUIRES = ("no_such_module_for_this_test", "needy is not installed: pip install needy")
+
+    assert Needy.unavailable_reason() == "needy is not installed: pip install needy"
+    Needy.REQUIRES = ("json", "never shown")
+    assert Needy.unavailable_reason() is None
+
+
+@pytest.mark.parametrize("provider", LOADERS)
+@pytest.mark.parametrize("content", [b"garbage", b"# README\n\nnot a model\n"], ids=["garbage", "text"])
+def test_a_file_that_is_not_a_model_is_a_toolkit_error(provider, content, tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content)
+    with pytest.raises((ProviderError, ModelSpecError), match=r"broken\.onnx") as info:
+        create_runner(provider, path).load()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("provider", LOADERS)
+def test_a_model_without_our_metadata_fails_at_load(provider, tmp_path):
+    import onnx
+
+    model = onnx.load(str(write_tiny_model(tmp_path / "tiny.onnx")))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    runner = create_runner(provider, tmp_path / "bare.onnx")
+    with pytest.raises(ModelSpecError, match="no googlenet_deploy.spec metadata"):
+        runner.load()
+    assert runner.active_providers() == [], "the session built before the check is closed again"
+
+
+@pytest.mark.parametrize("provider", LOADERS)
+def test_load_reads_the_spec(provider, tmp_path):
+    with create_runner(provider, write_tiny_model(tmp_path / "tiny.onnx")) as runner:
+        assert runner.spec.labels == ("r", "g", "b")
 
 
 def test_infer_validates_the_batch(demo_export):
@@ -59,6 +105,15 @@ def test_tensorrt_engine_cache_is_keyed_by_what_invalidates_an_engine():
     assert key == root / "trt100900_nvidia-h100-80gb-hbm3_fp16_b1-8-32"
     assert engine_cache_dir(root, "100900", "NVIDIA H100 80GB HBM3", False, (1, 8, 32)) != key
     assert engine_cache_dir(root, "100900", "NVIDIA H100 80GB HBM3", True, (1, 1, 32)) != key
+
+
+def test_tensorrt_profile_covers_the_batch_size_it_is_created_for():
+    default = TensorrtRunner.OPTIONS["max_batch"]
+    assert create_runner("tensorrt", "m.onnx", batch_size=default * 2).options["max_batch"] == default * 2
+    # Smaller batches keep the default profile, so its cached engine is reused.
+    assert create_runner("tensorrt", "m.onnx", batch_size=2).options["max_batch"] == default
+    assert create_runner("tensorrt", "m.onnx", batch_size=64, max_batch=16).options["max_batch"] == 16
+    assert "max_batch" not in create_runner("cpu", "m.onnx", batch_size=64).options
 
 
 def test_ort_silent_cpu_fallback_is_caught(demo_export, monkeypatch):

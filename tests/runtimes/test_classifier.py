@@ -23,6 +23,9 @@ def classifier(demo_export):
 
 def test_spec_comes_from_the_model(classifier, demo_export):
     assert classifier.spec == ModelSpec.from_onnx(demo_export.path)
+    assert classifier.spec is classifier.runner.spec
+    with pytest.raises(AttributeError):  # one spec, the runner's: no copy that could drift from it
+        classifier.spec = ModelSpec(labels=("a",))
     assert classifier.active_providers() == ["CPUExecutionProvider"]
 
 

@@ -14,12 +14,14 @@ import zlib
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image, ImageOps
 
 from runtimes.errors import ImageError, ModelSpecError
-from runtimes.preprocess import MAX_PIXELS, decode_image, load, prepare, stack
+from runtimes.preprocess import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, load, prepare, stack
 from runtimes.spec import ModelSpec
+from samples import generate
 
 SPEC = ModelSpec(labels=("a", "b"))
 
@@ -424,6 +426,23 @@ def test_unsupported_sample_types_and_non_bytes_are_image_errors():
         decode_image("photo.jpg")
 
 
+# Pillow's writer for each extension run.py picks up; the format is chosen by the suffix.
+@pytest.mark.parametrize("extension", sorted(IMAGE_EXTENSIONS))
+def test_every_collected_extension_decodes(extension):
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), (200, 30, 10)).save(buffer, format=Image.registered_extensions()[extension])
+    assert decode_image(buffer.getvalue(), f"x{extension}").shape == (4, 6, 3)
+
+
+@pytest.mark.parametrize("extension", [".ppm", ".pgm"])
+def test_formats_outside_the_collected_extensions_are_refused(extension):
+    assert extension not in IMAGE_EXTENSIONS
+    buffer = io.BytesIO()
+    Image.new("RGB" if extension == ".ppm" else "L", (6, 4)).save(buffer, format="PPM")
+    with pytest.raises(ImageError, match="not a JPEG, PNG, BMP, GIF, WebP or TIFF file"):
+        decode_image(buffer.getvalue())
+
+
 def test_runtimes_preprocess_does_not_import_torch():
     code = "import sys, runtimes.preprocess; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -434,7 +453,6 @@ def test_runtimes_preprocess_does_not_import_torch():
 
 def agreement_inputs(n: int = 24, seed: int = 2024) -> list[bytes]:
     """Synthetic class images as JPEGs, each also upscaled to 1600x1200 so the resize shrinks ~5x."""
-    generate = pytest.importorskip("samples.generate", reason="samples/generate.py not available")
     images, _ = generate.generate(n, seed)
     data = []
     for rgb in images:
@@ -446,7 +464,6 @@ def agreement_inputs(n: int = 24, seed: int = 2024) -> list[bytes]:
 
 @pytest.mark.parametrize("export_fixture", ["demo_export", "paper_export"])
 def test_top1_agrees_with_the_pil_pipeline(request, export_fixture):
-    ort = pytest.importorskip("onnxruntime")
     data = agreement_inputs()
     path = request.getfixturevalue(export_fixture).path
     spec = ModelSpec.from_onnx(path)

@@ -93,10 +93,65 @@ def test_missing_model_is_one_clear_line(tmp_path, images):
     assert result.stderr.count("\n") == 1 and "nope.onnx not found" in result.stderr and "converters.export" in result.stderr
 
 
-def test_option_the_provider_does_not_take(demo_export, images):
-    result = run_cli("--fp16", "--model", demo_export.path, images / "good")
-    assert result.returncode == 2
-    assert "provider 'cpu' does not take fp16" in result.stderr
+def test_options_the_provider_does_not_take_are_named_as_flags(demo_export, images):
+    result = run_cli("--fp16", "--device-id", "0", "--model", demo_export.path, images / "good")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: --device-id and --fp16 do not apply to provider 'cpu'; its options: --threads\n"
+    result = run_cli("--provider", "opencv", "--allow-fallback", "--model", demo_export.path, images / "good")
+    assert result.stderr == "error: --allow-fallback does not apply to provider 'opencv'; its options: --threads\n"
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--topk", "--threads"])
+def test_counts_below_one_are_usage_errors(flag, images):
+    result = run_cli(flag, "0", images / "good")
+    assert result.returncode == 2 and f"argument {flag}: must be at least 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+LOADERS = [
+    pytest.param(p, marks=pytest.mark.skipif(unavailable_reason(p) is not None, reason=f"{p}: {unavailable_reason(p)}"))
+    for p in ("cpu", "openvino", "opencv")
+]
+
+
+@pytest.mark.parametrize("provider", LOADERS)
+def test_a_file_that_is_not_a_model_is_one_line(provider, images, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage, not a protobuf")
+    for model in (garbage, REPO / "README.md"):
+        result = run_cli("--provider", provider, "--model", model, images / "good")
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {provider}: "), result.stderr
+        assert str(model) in result.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(demo_export):
+    """`run --json ... | head -1`: the pipe closes under us; no traceback, SIGPIPE's status."""
+    command = [sys.executable, "-m", "runtimes.run", "--json", "--model", str(demo_export.path), str(IMAGES_DIR)]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()  # before the first result is written: the first write fails
+        stderr = proc.stderr.read().decode()
+    assert proc.returncode == 141 and stderr == "", stderr
+
+
+def test_directories_yield_exactly_the_formats_preprocessing_decodes(tmp_path):
+    from PIL import Image
+
+    from runtimes.preprocess import IMAGE_EXTENSIONS
+    from runtimes.run import collect_images
+
+    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    for name in ("a.gif", "b.ppm", "c.pgm", "d.TIFF"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / name, format=None if name != "d.TIFF" else "TIFF")
+    assert [p.name for p in collect_images([str(tmp_path)])] == ["a.gif", "d.TIFF"]
+
+
+def test_a_gif_is_classified(demo_export, tmp_path, capsys):
+    from PIL import Image
+
+    Image.open(IMAGES_DIR / GOOD[0]).save(tmp_path / "red.gif")
+    assert main(["--model", str(demo_export.path), "--json", str(tmp_path)]) == 0
+    assert "topk" in json.loads(capsys.readouterr().out)
 
 
 def test_no_images_found(demo_export, tmp_path):
