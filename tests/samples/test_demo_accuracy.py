@@ -93,10 +93,6 @@ def test_export_carries_the_demo_labels(spec):
     assert (spec.resize_size, spec.crop_size, spec.channel_order) == (256, 224, "RGB")
 
 
-def test_session_runs_on_the_cpu_provider(demo_session):
-    assert demo_session.get_providers() == ["CPUExecutionProvider"]
-
-
 def test_heldout_accuracy_through_onnx_runtime(rgb_accuracy):
     assert rgb_accuracy >= MIN_ACCURACY
 
