@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from runtimes.adapters import create_runner
 from runtimes.preprocess import decode_image, prepare, stack
 from runtimes.spec import ModelSpec
 from samples.checkpoint import HELDOUT_SEED, TRAIN_SEED
@@ -41,25 +42,19 @@ def heldout_files(tmp_path_factory) -> tuple[list, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def demo_session(demo_export):
-    """One ONNX Runtime CPU session for this module, closed when it is done."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # the cores are shared; spinning workers would fight
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(demo_export.path), options, providers=["CPUExecutionProvider"])
-    yield session
-    del session
+def demo_runner(demo_export):
+    """The toolkit's own ONNX Runtime CPU runner, one thread: the cores are shared."""
+    with create_runner("cpu", demo_export.path, threads=1) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")
-def spec(demo_export) -> ModelSpec:
-    return ModelSpec.from_onnx(demo_export.path)
+def spec(demo_runner) -> ModelSpec:
+    return demo_runner.spec
 
 
 @pytest.fixture(scope="module")
-def accuracy_of(demo_session, spec, heldout_files) -> Callable:
+def accuracy_of(demo_runner, spec, heldout_files) -> Callable:
     """accuracy_of(transform): top-1 over the held-out files, each decoded RGB image passed through ``transform``."""
     paths, labels = heldout_files
     images = [decode_image(p.read_bytes(), name=str(p)) for p in paths]
@@ -67,7 +62,7 @@ def accuracy_of(demo_session, spec, heldout_files) -> Callable:
     def accuracy(transform=lambda rgb: rgb) -> float:
         batch = stack([prepare(np.ascontiguousarray(transform(rgb)), spec) for rgb in images])
         logits = np.concatenate(
-            [demo_session.run([spec.output_name], {spec.input_name: batch[i : i + 16]})[0] for i in range(0, len(batch), 16)]
+            [demo_runner.infer(batch[i : i + 16]) for i in range(0, len(batch), 16)]
         )
         return float((logits.argmax(1) == np.asarray(labels)).mean())
 
