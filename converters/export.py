@@ -3,8 +3,14 @@
     python -m converters.export --ckpt model.pth [--out artifacts/googlenet.onnx]
 
 Steps: safe load and aux strip -> ONNX export -> full checker and shape inference ->
-simplify (onnxsim, else onnxslim, else keep) -> embed the preprocessing spec ->
-parity gate on the exact bytes to be written -> atomic write of model and report.
+simplify (onnxsim, else onnxslim, else keep) -> ceil-mode pools to explicit pads ->
+embed the preprocessing spec and, apart from it, the provenance -> parity gate on the
+exact bytes to be written -> atomic write of the model, its reference answers
+(``<name>.reference.npz``: the gate's inputs and a few images, with PyTorch's logits)
+and its report.
+
+The model's bytes depend only on the checkpoint's bytes, the options and the library
+versions: no path, user name or time goes into them.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.errors import ExportError
-from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec
+from runtimes.errors import ExportError, ImageError
+from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, PROVENANCE_KEY, ModelSpec
 from runtimes.versions import package_version, package_versions
 
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5), OpenCV DNN 4.x and older
@@ -33,6 +39,9 @@ OPSETS = range(10, 21)
 INPUT_SIZE = ModelSpec(labels=()).crop_size
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Images whose PyTorch logits travel with the model: enough to cover preprocessing on a
+# device, few enough to stay small (the 18 demo JPEGs take 315 KB).
+MAX_VERIFY_IMAGES = 32
 
 log = logging.getLogger("converters.export")
 
@@ -41,6 +50,8 @@ log = logging.getLogger("converters.export")
 class ExportResult:
     path: Path
     report_path: Path
+    reference_path: Path
+    checkpoint: Path  # as given: the model and report record only its name and sha256
     spec: ModelSpec
     report: dict
 
@@ -160,6 +171,47 @@ def _count_params(model) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
+def _verify_image_files(folder: str | Path | None) -> list[Path]:
+    """The images to keep reference logits for: ``folder``'s, or the demo samples'."""
+    from runtimes.preprocess import IMAGE_EXTENSIONS
+
+    if folder is None:
+        from samples.generate import IMAGES_DIR
+
+        folder = IMAGES_DIR
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"--verify-images {folder} is not a directory of images")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ExportError(f"--verify-images {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if len(files) > MAX_VERIFY_IMAGES:
+        log.warning("--verify-images %s: keeping the first %d of %d images", folder, MAX_VERIFY_IMAGES, len(files))
+    return files[:MAX_VERIFY_IMAGES]
+
+
+def _reference(model, spec: ModelSpec, cases, image_files: list[Path]):
+    """The gate's inputs and the images, with the PyTorch logits each must produce."""
+    from converters.parity import torch_logits
+    from runtimes.preprocess import load, stack
+    from runtimes.reference import Reference
+
+    data = [p.read_bytes() for p in image_files]
+    try:
+        batch = stack([load(d, spec, p.name) for d, p in zip(data, image_files)])
+    except ImageError as exc:
+        raise ExportError(f"--verify-images: {exc}") from None
+    root = image_files[0].parent
+    names = tuple(p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name for p in image_files)
+    return Reference(
+        inputs=tuple(x for x, _ in cases),
+        input_logits=tuple(y for _, y in cases),
+        image_names=names,
+        images=tuple(data),
+        image_logits=torch_logits(model, batch),
+    )
+
+
 def export(
     ckpt: str | Path,
     out: str | Path = DEFAULT_MODEL,
@@ -169,19 +221,26 @@ def export(
     opset: int = DEFAULT_OPSET,
     transform_input: bool | None = None,
     simplify_graph: bool = True,
+    keep_ceil_pools: bool = False,
+    verify_images: str | Path | None = None,
     seed: int = 0,
 ) -> ExportResult:
     """Export ``ckpt`` to ``out``; see the module docstring. Raises ToolkitError subclasses.
 
     ``transform_input`` defaults to on for the torchvision layout (its ImageNet weights
     and models fine-tuned from them need it) and off for the paper layout.
+    ``keep_ceil_pools`` keeps ceil-mode MaxPools instead of rewriting them to explicit
+    pads. ``verify_images`` is a folder of images whose PyTorch logits are kept with the
+    model (default: the demo sample images).
     """
     import onnx
 
     from converters.checkpoint import build_model, load_checkpoint
     from converters.googlenet import count_parameters
-    from converters.parity import check_parity
+    from converters.parity import check_parity, seeded_inputs, torch_logits
+    from converters.portable import ceil_mode_pools, rewrite_ceil_pools
     from runtimes.atomic import write_bytes, write_text
+    from runtimes.reference import reference_path_for
 
     out = Path(out)
     _check_destination(out)
@@ -194,6 +253,7 @@ def export(
         transform_input = ckpt.layout == "torchvision"
     model = build_model(ckpt, transform_input=transform_input)
     names = read_labels(labels, ckpt.num_classes)
+    image_files = _verify_image_files(verify_images)
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -207,6 +267,11 @@ def export(
     if simplify_graph:
         onnx_model, tool = simplify(onnx_model)
         _check(onnx_model)
+    rewritten, kept = ([], []) if keep_ceil_pools else rewrite_ceil_pools(onnx_model)
+    if rewritten:
+        _check(onnx_model)
+    for reason in kept:
+        log.warning("kept a ceil-mode MaxPool: %s", reason)
     _assert_io(onnx_model, ckpt.num_classes)
     timings["simplify_s"] = time.perf_counter() - t0
 
@@ -216,49 +281,58 @@ def export(
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         transform_input=transform_input,
-        extra={
-            "num_classes": ckpt.num_classes,
-            "input_shape": ["batch", 3, INPUT_SIZE, INPUT_SIZE],
-            "opset": opset,
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "simplifier": tool,
-            "versions": package_versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxsim", "onnxslim"),
-            "checkpoint": str(ckpt.path.resolve()),
-            "checkpoint_sha256": ckpt.sha256,
-        },
+        checkpoint_name=ckpt.path.name,
+        checkpoint_sha256=ckpt.sha256,
     )
+    provenance = {
+        "toolkit": package_version("googlenet-deploy") or "",
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+        "opset": opset,
+        "simplifier": tool,
+        "ceil_mode_pools": {"rewritten": len(rewritten), "kept": len(ceil_mode_pools(onnx_model))},
+        "versions": package_versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxsim", "onnxslim"),
+    }
     # Metadata goes in after simplification, which may drop it.
     del onnx_model.metadata_props[:]
-    onnx.helper.set_model_props(onnx_model, {METADATA_KEY: spec.to_json()})
-    onnx_model.producer_name, onnx_model.producer_version = "googlenet-deploy", package_version("googlenet-deploy") or ""
+    onnx.helper.set_model_props(
+        onnx_model, {METADATA_KEY: spec.to_json(), PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    )
+    onnx_model.producer_name, onnx_model.producer_version = "googlenet-deploy", provenance["toolkit"]
     data = onnx_model.SerializeToString()
 
     t0 = time.perf_counter()
-    stats = check_parity(model, data, size=INPUT_SIZE, seed=seed)
+    cases = [(x, torch_logits(model, x)) for x in (seeded_inputs(b, INPUT_SIZE, seed) for b in (1, 4))]
+    stats = check_parity(model, data, cases=cases)
     timings["verify_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference = _reference(model, spec, cases, image_files)
+    timings["reference_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
     report = {
-        "model": str(out),
-        "checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256, "wrapper": ckpt.wrapper, "layout": ckpt.layout},
+        "model": out.name,
+        "checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256, "wrapper": ckpt.wrapper, "layout": ckpt.layout},
         "num_classes": ckpt.num_classes,
         "transform_input": transform_input,
         "aux_stripped": {"keys": ckpt.aux_keys_stripped, "parameters": ckpt.aux_params_stripped},
         "parameters": {"torch": count_parameters(model), "onnx_initializers": _count_params(onnx_model)},
         "nodes": {"before_simplify": nodes_before, "after_simplify": len(onnx_model.graph.node)},
         "ops": dict(Counter(n.op_type for n in onnx_model.graph.node)),
-        "simplifier": tool,
-        "opset": opset,
+        "provenance": provenance,
         "size_bytes": len(data),
         "parity": [s.as_dict() for s in stats],
+        "reference": {"file": reference_path_for(out).name, "seeded_batches": [1, 4], "images": len(image_files)},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     try:
         write_bytes(out, data)
+        reference.save(reference_path_for(out))
         report_path = write_text(report_path_for(out), json.dumps(report, indent=2) + "\n")
     except OSError as exc:
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return ExportResult(path=out, report_path=report_path, spec=spec, report=report)
+    return ExportResult(
+        path=out, report_path=report_path, reference_path=reference_path_for(out), checkpoint=ckpt.path, spec=spec, report=report
+    )
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -276,6 +350,14 @@ def _parse_args(argv=None) -> argparse.Namespace:
         help="torchvision layout: do not bake transform_input into the graph",
     )
     parser.add_argument("--no-simplify", dest="simplify_graph", action="store_false", help="skip onnxsim/onnxslim")
+    parser.add_argument(
+        "--keep-ceil-pools", action="store_true",
+        help="keep ceil_mode MaxPools (default: rewrite them to explicit pads, which every runtime reads alike)",
+    )
+    parser.add_argument(
+        "--verify-images", metavar="DIR",
+        help=f"keep PyTorch's logits for up to {MAX_VERIFY_IMAGES} images from DIR with the model (default: the demo samples)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
     return parser.parse_args(argv)
 
@@ -289,9 +371,11 @@ def main(argv=None) -> int:
     print(
         f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB, {r['checkpoint']['layout']} layout, "
         f"{r['num_classes']} classes, aux stripped: {r['aux_stripped']['parameters']:,} params)\n"
-        f"nodes {r['nodes']['before_simplify']} -> {r['nodes']['after_simplify']} ({r['simplifier']}), "
+        f"nodes {r['nodes']['before_simplify']} -> {r['nodes']['after_simplify']} ({r['provenance']['simplifier']}), "
         f"parity max |d| {worst:.2e} at batches {[s['batch'] for s in r['parity']]}, "
-        f"total {r['timings_s']['total_s']:.1f} s\nreport {result.report_path}"
+        f"total {r['timings_s']['total_s']:.1f} s\nreport {result.report_path}\n"
+        f"reference answers {result.reference_path} "
+        f"({r['reference']['images']} images, seeded batches {r['reference']['seeded_batches']})"
     )
     return 0
 

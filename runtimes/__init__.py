@@ -4,6 +4,8 @@ Only re-exports. The classifier and adapters load lazily (PEP 562), so ``import
 runtimes`` pulls in neither numpy nor any runtime library.
 """
 
+__version__ = "0.2.0"  # the one place the version is written; pyproject reads it
+
 from runtimes.errors import ImageError, ModelSpecError, ProviderError, ToolkitError
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
 

@@ -71,6 +71,7 @@ class Classifier:
 
     ``provider`` is a short runtime name (cpu, cuda, tensorrt, openvino, opencv, torch);
     ``options`` go to that runtime's runner (threads, device_id, allow_fallback, fp16...).
+    ``spec`` overrides the one in the model file (a bundle carries it in bundle.json).
     """
 
     def __init__(
@@ -79,12 +80,13 @@ class Classifier:
         provider: str = "cpu",
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        spec: ModelSpec | None = None,
         **options: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.runner = create_runner(provider, model_path, batch_size=batch_size, **options).load()
+        self.runner = create_runner(provider, model_path, spec, batch_size=batch_size, **options).load()
 
     @property
     def spec(self) -> ModelSpec:

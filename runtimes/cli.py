@@ -7,9 +7,11 @@ import os
 import sys
 from typing import Callable
 
-from runtimes.errors import ToolkitError
+from runtimes.errors import ParityError, ToolkitError
 
 EXIT_USER_ERROR = 2
+# A model that does not give PyTorch's answers within tolerance: not a user mistake.
+EXIT_PARITY_FAILED = 3
 # A reader that stops early (`| head`) ends the run as SIGPIPE ends a C tool: 128 + 13.
 # Not 0: that would claim every image was classified; 141 is what `set -o pipefail`
 # already expects from grep or cat in the same pipeline.
@@ -20,6 +22,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit with its status; a ToolkitError becomes one line on stderr."""
     try:
         status = main()
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_PARITY_FAILED)
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -34,3 +34,7 @@ class ProviderError(ToolkitError):
 
 class ImageError(ToolkitError):
     """An image cannot be read or decoded."""
+
+
+class BundleError(ToolkitError):
+    """A deployment bundle or reference-answers file is missing, tampered with, truncated or too new."""

@@ -1,6 +1,7 @@
 """Classify images from the command line.
 
     python -m runtimes.run [--provider cpu] [--json] IMAGES...
+    python -m runtimes.run --bundle DIR IMAGES...   # the bundle's model and provider preference
 
 IMAGES are files, directories (searched recursively for image extensions) or globs.
 Each image gets its result or its own error; the exit status is 1 if any failed,
@@ -30,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images with an exported GoogLeNet on ONNX Runtime, OpenVINO or OpenCV.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, directories or globs")
-    parser.add_argument("--provider", default="cpu", help="cpu, cuda, tensorrt, openvino, opencv or torch (default: cpu)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--provider", help="cpu, cuda, tensorrt, openvino, opencv or torch (default: the bundle's preference, else cpu)"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
+    source.add_argument("--bundle", type=Path, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
+    parser.add_argument("--variant", help="bundle: which model to run, fp32, fp16 or int8 (default: the bundle's default)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--json", dest="json_lines", action="store_true", help="JSON Lines on stdout, one object per image")
@@ -121,8 +127,10 @@ def format_prediction(prediction, label_width: int) -> str:
 def classify(
     images: list[str],
     *,
-    provider: str = "cpu",
+    provider: str | None = None,
     model: Path = DEFAULT_MODEL,
+    bundle: Path | None = None,
+    variant: str | None = None,
     batch_size: int = 8,
     topk: int = 5,
     json_lines: bool = False,
@@ -134,28 +142,61 @@ def classify(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Classify ``images`` and write results to ``out`` (stdout); 0 if all succeeded, 1 if any failed."""
+    """Classify ``images`` and write results to ``out`` (stdout); 0 if all succeeded, 1 if any failed.
+
+    With ``bundle``, the model is the bundle's (``variant`` picks fp32, fp16 or int8) and,
+    unless ``provider`` is given, the first of the bundle's providers that loads here runs it.
+    """
+    import contextlib
+
+    from runtimes.adapters import runner_class
+    from runtimes.bundle import first_loadable, open_bundle
     from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
     from runtimes.preprocess import IMAGE_EXTENSIONS
 
     out, err = out or sys.stdout, err or sys.stderr
-    options = runner_options(
-        provider, threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16
-    )
+    given = dict(threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16)
+    if bundle is None and variant is not None:
+        raise ProviderError("--variant picks a model inside a bundle; pass --bundle DIR too")
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    with contextlib.ExitStack() as stack:
+        spec, providers = None, (provider or "cpu",)
+        if bundle is not None:
+            opened = stack.enter_context(open_bundle(bundle))
+            chosen = opened.model(variant)
+            model, spec = chosen.path, chosen.spec
+            providers = (provider,) if provider else opened.providers
+        if len(providers) == 1:  # asked for by name: a flag it does not take is a mistake
+            runner_options(providers[0], **given)
+
+        def load(name: str) -> Classifier:
+            takes = runner_class(name).OPTIONS  # a fallback provider ignores flags meant for another
+            options = {k: v for k, v in given.items() if k in takes and v is not None and v is not False}
+            return Classifier(model, name, batch_size=batch_size, spec=spec, **options)
+
+        classifier, used, skipped = first_loadable(providers, load)
+        for reason in skipped:
+            print(f"warning: {reason}; using the bundle's next provider", file=err)
+        if len(providers) > 1:
+            print(f"provider: {used} ({', '.join(classifier.active_providers())})", file=err)
+        with classifier:
+            return _classify_paths(classifier, paths, topk, json_lines, batch_size, out, err)
+
+
+def _classify_paths(classifier, paths: list[Path], topk: int, json_lines: bool, batch_size: int, out, err) -> int:
+    """Print each image's prediction as it is ready; 0 if all succeeded, 1 if any failed."""
     failed = 0
-    with Classifier(model, provider, batch_size=batch_size, **options) as classifier:
-        label_width = min(40, max(map(len, classifier.spec.labels)))
-        progress = Progress(len(paths), err, batch_size)
-        for prediction in classifier.iter_predict(paths, topk):
-            progress.clear()
-            failed += not prediction.ok
-            record = json.dumps(prediction.to_dict()) if json_lines else format_prediction(prediction, label_width)
-            print(record, file=out)
-            out.flush()
-            progress.advance(1)
+    label_width = min(40, max(map(len, classifier.spec.labels)))
+    progress = Progress(len(paths), err, batch_size)
+    for prediction in classifier.iter_predict(paths, topk):
+        progress.clear()
+        failed += not prediction.ok
+        record = json.dumps(prediction.to_dict()) if json_lines else format_prediction(prediction, label_width)
+        print(record, file=out)
+        out.flush()
+        progress.advance(1)
     if failed:
         print(f"error: {failed} of {len(paths)} images could not be classified", file=err)
     return EXIT_SOME_FAILED if failed else 0

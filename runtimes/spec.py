@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtimes.errors import ModelSpecError
 
 METADATA_KEY = "googlenet_deploy.spec"
+# Where the file came from (exporter, opset, library versions), kept apart from the
+# contract above; runtimes never read it. Neither holds a path or a time, so the same
+# checkpoint and options give the same bytes wherever and whenever they are exported.
+PROVENANCE_KEY = "googlenet_deploy.provenance"
 DEFAULT_MODEL = Path("artifacts/googlenet.onnx")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +42,10 @@ class ModelSpec:
     channel_order: str = "RGB"
     transform_input: bool = False  # already baked into the graph; informational
     precision: str = "fp32"
-    extra: dict = field(default_factory=dict)  # opset, exporter, versions, checkpoint sha256
+    # The source checkpoint: its file name (never a path) and the sha256 of its bytes,
+    # which the torch reference runner checks before it answers for this model.
+    checkpoint_name: str = ""
+    checkpoint_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -145,5 +152,6 @@ _FIELD_TYPES = {  # field -> (converter, what the message says was expected)
     "channel_order": (_of_type(str), "a string"),
     "transform_input": (_of_type(bool), "true or false"),
     "precision": (_of_type(str), "a string"),
-    "extra": (_of_type(dict), "an object"),
+    "checkpoint_name": (_of_type(str), "a string"),
+    "checkpoint_sha256": (_of_type(str), "a string"),
 }

@@ -1,7 +1,7 @@
-"""Named parity tolerances per precision: ``|onnx - torch| <= atol + rtol * |torch|``.
+"""Named parity tolerances per precision: ``|runtime - torch| <= atol + rtol * |torch|``.
 
-The converter's parity gate and the runtime parity tests both use these; no test
-types its own literals.
+The converter's parity gate, ``runtimes.verify`` on a device and the runtime parity
+tests all use these; no test types its own literals.
 """
 
 from __future__ import annotations
@@ -13,16 +13,21 @@ from dataclasses import dataclass
 class Tolerance:
     atol: float
     rtol: float
+    # int8 moves logits too far for an elementwise bound to mean anything: such a model
+    # is judged by the share of rows whose top-1 class equals the reference's.
+    elementwise: bool = True
+    min_top1: float = 1.0
 
 
 FP32 = Tolerance(atol=1e-4, rtol=1e-3)
 FP16 = Tolerance(atol=1e-2, rtol=1e-2)
+INT8 = Tolerance(atol=float("inf"), rtol=0.0, elementwise=False, min_top1=0.97)
 
-BY_PRECISION = {"fp32": FP32, "fp16": FP16}
+BY_PRECISION = {"fp32": FP32, "fp16": FP16, "int8": INT8}
 
 
 def for_precision(precision: str) -> Tolerance:
-    """The tolerance for ``precision`` ("fp32" or "fp16")."""
+    """The tolerance for ``precision`` ("fp32", "fp16" or "int8")."""
     try:
         return BY_PRECISION[precision]
     except KeyError:

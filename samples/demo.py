@@ -70,7 +70,8 @@ def _latency(model: Path) -> None:
 
     print(f"\n== latency at batch 1, fp32, median of {LATENCY_ITERATIONS} calls (one runtime at a time)")
     for provider in ("torch", "cpu"):
-        r = bench_runtime(provider, model, iterations=LATENCY_ITERATIONS)
+        options = {"ckpt": DEFAULT_CKPT} if provider == "torch" else {}
+        r = bench_runtime(provider, model, iterations=LATENCY_ITERATIONS, options=options)
         if "skipped" in r:
             print(f"{provider:<6} skipped: {r['skipped']}")
         else:

@@ -6,6 +6,7 @@ or any other under runtimes/, works on a machine without torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from runtimes.adapters.base import Runner
@@ -15,8 +16,8 @@ from runtimes.errors import ProviderError
 class TorchRunner(Runner):
     """Eager PyTorch on CPU from the checkpoint the model was exported from.
 
-    The checkpoint is ``ckpt`` or the path recorded in the model's metadata
-    (``spec.extra["checkpoint"]``); its sha256 must match the recorded one.
+    The checkpoint is ``ckpt``, or else the file named in the model's spec
+    (``checkpoint_name``) beside the model; its sha256 must match the recorded one.
     """
 
     name = "torch"
@@ -26,21 +27,32 @@ class TorchRunner(Runner):
         "PyTorch is not installed (it is the reference, not a deployment runtime): pip install 'googlenet-deploy[convert]'",
     )
 
+    def _checkpoint_path(self) -> Path:
+        spec = self.spec
+        if self.options["ckpt"]:
+            return Path(self.options["ckpt"])
+        beside = self.model_path.parent / spec.checkpoint_name if spec.checkpoint_name else None
+        if beside is None or not beside.is_file():
+            recorded = f"{spec.checkpoint_name} (sha256 {spec.checkpoint_sha256[:12]}...)" if spec.checkpoint_name else "none"
+            raise ProviderError(
+                f"torch: pass the checkpoint {self.model_path} was exported from with ckpt=PATH (--ckpt); "
+                f"it records {recorded}, and no such file is beside the model"
+            )
+        return beside
+
     def _load_impl(self) -> None:
         import torch
 
         from converters.checkpoint import build_model, load_checkpoint
 
         spec = self.spec
-        ckpt = self.options["ckpt"] or spec.extra.get("checkpoint")
-        if not ckpt:
-            raise ProviderError(f"torch: {self.model_path} records no source checkpoint; pass ckpt=PATH (--ckpt)")
+        ckpt = self._checkpoint_path()
         loaded = load_checkpoint(ckpt, layout=spec.layout)
-        expected = spec.extra.get("checkpoint_sha256")
+        expected = spec.checkpoint_sha256
         if expected and loaded.sha256 != expected:
             raise ProviderError(
                 f"torch: {ckpt} has sha256 {loaded.sha256[:12]}..., but {self.model_path} was exported from "
-                f"{expected[:12]}...; pass the checkpoint it was exported from"
+                f"{spec.checkpoint_name or 'a checkpoint'} with sha256 {expected[:12]}...; pass the checkpoint it was exported from"
             )
         if self.options["threads"]:
             torch.set_num_threads(self.options["threads"])  # process-wide, like every torch setting

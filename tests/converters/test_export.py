@@ -46,7 +46,7 @@ def paper_torch(paper_export):
 
 
 def _torch_model(result):
-    ckpt = load_checkpoint(result.report["checkpoint"]["path"])
+    ckpt = load_checkpoint(result.checkpoint)
     return build_model(ckpt, transform_input=result.spec.transform_input)
 
 
@@ -87,9 +87,14 @@ def test_metadata_carries_preprocessing_and_provenance(paper_export):
     assert (spec.resize_size, spec.crop_size, spec.channel_order) == (256, 224, "RGB")
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
     assert spec.layout == "paper" and spec.transform_input is False and spec.precision == "fp32"
-    assert spec.extra["opset"] == export_mod.DEFAULT_OPSET
-    assert spec.extra["checkpoint_sha256"] == paper_export.report["checkpoint"]["sha256"]
-    assert {"torch", "onnx", "onnxsim"} <= set(spec.extra["versions"])
+    assert spec.checkpoint_name == "paper.pth" and spec.checkpoint_sha256 == load_checkpoint(paper_export.checkpoint).sha256
+    props = {p.key: p.value for p in onnx.load(str(paper_export.path), load_external_data=False).metadata_props}
+    provenance = json.loads(props["googlenet_deploy.provenance"])
+    assert provenance["opset"] == export_mod.DEFAULT_OPSET
+    assert {"torch", "onnx", "onnxsim"} <= set(provenance["versions"])
+    # No path of this machine anywhere in the model: not the checkpoint's, not the output's.
+    for text in props.values():
+        assert str(paper_export.checkpoint.parent) not in text and str(paper_export.path.parent) not in text
 
 
 def test_report_beside_model(paper_export):
@@ -98,7 +103,8 @@ def test_report_beside_model(paper_export):
     assert report["nodes"]["after_simplify"] <= report["nodes"]["before_simplify"]
     assert report["aux_stripped"]["parameters"] == 13_378_280 - 6_998_552
     assert [p["batch"] for p in report["parity"]] == [1, 4] and all(p["passed"] for p in report["parity"])
-    assert {"load_s", "export_s", "simplify_s", "verify_s", "total_s"} == set(report["timings_s"])
+    assert {"load_s", "export_s", "simplify_s", "verify_s", "reference_s", "total_s"} == set(report["timings_s"])
+    assert "/" not in report["model"] and "/" not in report["checkpoint"]["name"]
 
 
 def test_torchvision_defaults_bake_transform_input(tv_export):
@@ -113,12 +119,12 @@ def test_torchvision_defaults_bake_transform_input(tv_export):
 
 
 def test_no_transform_input_flag(tmp_path, tv_export):
-    ckpt = tv_export.report["checkpoint"]["path"]
+    ckpt = tv_export.checkpoint
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join("abcdefg") + "\n")
     result = export(ckpt, tmp_path / "plain.onnx", transform_input=False, labels=labels, simplify_graph=False)
     assert result.spec.transform_input is False and result.spec.labels == tuple("abcdefg")
-    assert result.report["simplifier"] == "disabled"
+    assert result.report["provenance"]["simplifier"] == "disabled"
 
 
 def test_label_count_mismatch(tmp_path):

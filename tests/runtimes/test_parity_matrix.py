@@ -60,7 +60,9 @@ def reference_logits(demo_ckpt, demo_export, jpeg_batch):
 
 
 @pytest.mark.parametrize(("provider", "options", "tol"), MATRIX)
-def test_runtime_matches_pytorch(provider, options, tol, demo_export, jpeg_batch, reference_logits):
+def test_runtime_matches_pytorch(provider, options, tol, demo_ckpt, demo_export, jpeg_batch, reference_logits):
+    if provider == "torch":
+        options = {**options, "ckpt": demo_ckpt}  # the export lives elsewhere than its checkpoint
     with create_runner(provider, demo_export.path, **options) as runner:
         for n in BATCHES:
             logits = runner.infer(np.ascontiguousarray(jpeg_batch[:n]))

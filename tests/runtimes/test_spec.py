@@ -23,7 +23,8 @@ FULL = ModelSpec(  # no field at its default, so the round trip shows each one i
     channel_order="BGR",
     transform_input=True,
     precision="fp16",
-    extra={"opset": 17},
+    checkpoint_name="model.pth",
+    checkpoint_sha256="ab" * 32,
 )
 
 
@@ -54,7 +55,7 @@ def test_only_labels_are_required_and_absent_keys_take_the_defaults():
         ("std", [0.2, "0.2", 0.2]),
         ("layout", None),
         ("transform_input", "yes"),
-        ("extra", []),
+        ("checkpoint_sha256", 12),
     ],
 )
 def test_a_wrongly_typed_value_is_named(key, value):

@@ -1,0 +1,232 @@
+"""One folder to copy to a device: the model, its reference answers, and the runtime, without torch.
+
+    python -m deploy.bundle --model artifacts/googlenet.onnx [--variants int8,fp16]
+        [--target cpu|cuda|tensorrt|openvino|opencv] --out DIR
+
+writes DIR and DIR.tar.gz holding::
+
+    bundle.json        preprocessing, labels, provider preference, sha256 of every file
+    requirements.txt   pinned, no torch: `pip install -r requirements.txt` is the installation
+    README.md          the three commands to run on the device
+    models/            the fp32 model and any variants (<stem>.<precision>.onnx beside it)
+    reference.npz      PyTorch's logits for seeded inputs and images, from the export
+    labels.txt
+    wheels/            this toolkit's torch-free runtime as a wheel
+
+On the device: ``python -m runtimes.verify --bundle DIR`` then ``python -m runtimes.run --bundle DIR IMAGES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import runtimes
+from runtimes.atomic import write_bytes
+from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, sha256_file
+from runtimes.errors import BundleError
+from runtimes.reference import reference_path_for
+from runtimes.spec import DEFAULT_MODEL, ModelSpec
+from runtimes.versions import package_version
+
+VARIANTS = ("fp16", "int8")
+REFERENCE = "reference.npz"
+
+
+def variant_path(model: Path, precision: str) -> Path:
+    """``dir/googlenet.onnx`` -> ``dir/googlenet.fp16.onnx``."""
+    return model.with_name(f"{model.stem}.{precision}{model.suffix}")
+
+
+def _ort_version() -> str:
+    version = package_version("onnxruntime-gpu", "onnxruntime")
+    if version is None:
+        raise BundleError("cannot pin onnxruntime for the bundle: it is not installed here")
+    return version
+
+
+def requirements(target: str) -> list[str]:
+    """Pinned requirement lines for ``target``: the versions this machine verified the model with."""
+    pins = [f"numpy=={package_version('numpy')}", f"opencv-python-headless=={package_version('opencv-python-headless')}"]
+    if target == "cpu":
+        pins.append(f"onnxruntime=={_ort_version()}")
+    elif target in ("cuda", "tensorrt"):
+        # On Jetson, take onnxruntime-gpu from NVIDIA's Jetson wheels instead (not on PyPI for aarch64).
+        pins.append(f"onnxruntime-gpu=={_ort_version()}; platform_machine == 'x86_64'")
+    elif target == "openvino":
+        version = package_version("openvino")
+        if version is None:
+            raise BundleError("cannot pin openvino for an openvino bundle: it is not installed here; pip install openvino")
+        pins.append(f"openvino=={version}")
+    return pins
+
+
+def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, ModelSpec]]:
+    """(precision, source file, spec) for the fp32 model and each variant, all from one checkpoint."""
+    base = ModelSpec.from_onnx(model)
+    if base.precision != "fp32":
+        raise BundleError(f"--model {model} is a {base.precision} model; give the fp32 model and name variants with --variants")
+    entries = []
+    for precision in variants:
+        path = variant_path(model, precision)
+        if not path.is_file():
+            raise BundleError(
+                f"no {precision} variant at {path}: variants are files named <stem>.{precision}.onnx beside the model"
+            )
+        spec = ModelSpec.from_onnx(path)
+        if spec.precision != precision or spec.checkpoint_sha256 != base.checkpoint_sha256:
+            raise BundleError(
+                f"{path} is not the {precision} variant of {model.name}: it says precision {spec.precision} and "
+                f"checkpoint {spec.checkpoint_sha256[:12] or 'none'}, the model {base.checkpoint_sha256[:12] or 'none'}"
+            )
+        entries.append((precision, path, spec))
+    return [*entries, ("fp32", model, base)]  # the first listed variant is the default to run
+
+
+def _readme(target: str, providers: tuple[str, ...]) -> str:
+    return (
+        f"# GoogLeNet bundle (target: {target})\n\n"
+        "Everything the device needs, without torch. From inside this folder:\n\n"
+        "```sh\n"
+        "python3 -m venv .venv && . .venv/bin/activate\n"
+        "pip install -r requirements.txt\n"
+        "python -m runtimes.verify --bundle .          # same answers as PyTorch here?\n"
+        "python -m runtimes.run --bundle . photo.jpg   # classify\n"
+        "```\n\n"
+        f"Providers tried in order: {', '.join(providers)}. `--provider NAME` picks one.\n"
+    )
+
+
+def build_bundle(
+    model: str | Path = DEFAULT_MODEL,
+    out: str | Path = "artifacts/bundle",
+    *,
+    target: str = "cpu",
+    variants: list[str] | tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """Write the bundle folder ``out`` and ``out.tar.gz``; returns both paths.
+
+    An existing bundle at ``out`` is replaced only once the new one is complete.
+    """
+    from deploy.wheel import build_wheel
+
+    model, out = Path(model), Path(out)
+    if target not in PROVIDERS:
+        raise BundleError(f"unknown target {target!r}; known: {', '.join(PROVIDERS)}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise BundleError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} (fp32 is always included)")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise BundleError(f"--out {out} exists and is not a bundle; give a new folder")
+    entries = _model_entries(model, list(dict.fromkeys(variants)))
+    reference = reference_path_for(model)
+    if not reference.is_file():
+        raise BundleError(f"{reference} not found: re-export the model with `python -m converters.export` to make it")
+    base_spec = entries[-1][2]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    staging.chmod(0o755)  # mkdtemp makes 0700; a bundle is meant to be read by others
+    try:
+        (staging / "models").mkdir()
+        (staging / "wheels").mkdir()
+        models = []
+        for precision, path, spec in entries:
+            shutil.copyfile(path, staging / "models" / path.name)
+            models.append({"precision": precision, "file": f"models/{path.name}", "spec": json.loads(spec.to_json())})
+        shutil.copyfile(reference, staging / REFERENCE)
+        (staging / "labels.txt").write_text("\n".join(base_spec.labels) + "\n", encoding="utf-8")
+        wheel, data = build_wheel()
+        (staging / "wheels" / wheel).write_bytes(data)
+        (staging / "requirements.txt").write_text(
+            f"# googlenet-deploy {runtimes.__version__} bundle, target {target}: pip install -r requirements.txt "
+            "(from inside this folder)\n" + "\n".join([*requirements(target), f"./wheels/{wheel}"]) + "\n",
+            encoding="utf-8",
+        )
+        (staging / "README.md").write_text(_readme(target, PROVIDERS[target]), encoding="utf-8")
+        files = {
+            p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "format": FORMAT,
+            "toolkit": runtimes.__version__,
+            "target": target,
+            "providers": list(PROVIDERS[target]),
+            "models": models,
+            "reference": REFERENCE,
+            "labels": "labels.txt",
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        tarball = Path(f"{out}.tar.gz")
+        write_bytes(tarball, _tar_gz(staging, out.name))
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, tarball
+
+
+def _tar_gz(folder: Path, name: str) -> bytes:
+    """``folder`` as ``name/...`` in a gzip tarball; fixed owners and times, so equal trees give equal bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in [folder, *sorted(folder.rglob("*"))]:
+            info = archive.gettarinfo(str(path), arcname=f"{name}/{path.relative_to(folder).as_posix()}".rstrip("/."))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o755 if path.is_dir() else 0o644
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    archive.addfile(info, fh)
+            else:
+                archive.addfile(info)
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; an old bundle there is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+        os.replace(out, old / out.name)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.bundle", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the exported fp32 model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}; the first is run by default")
+    parser.add_argument("--target", default="cpu", choices=list(PROVIDERS), help="where it will run (default: cpu)")
+    parser.add_argument("--out", type=Path, required=True, help="the bundle folder to write (DIR.tar.gz is written too)")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    folder, tarball = build_bundle(args.model, args.out, target=args.target, variants=variants)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    print(
+        f"wrote {folder} ({_size(folder) / 1e6:.1f} MB) and {tarball} ({_size(tarball) / 1e6:.1f} MB): "
+        f"target {args.target}, models {', '.join(m['precision'] for m in manifest['models'])}, "
+        f"providers {', '.join(manifest['providers'])}\n"
+        f"on the device: cd {folder.name} && pip install -r requirements.txt && python -m runtimes.verify --bundle ."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from runtimes.cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,188 @@
+"""Reading a deployment bundle on the device: checked files, the model per precision,
+the provider preference, the reference answers.
+
+A bundle is a folder (or that folder as ``.tar.gz``) written by ``python -m deploy.bundle``
+with a ``bundle.json`` that lists the sha256 of every file. Opening one checks them all:
+a file that changed in transfer is refused by name before anything runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+from runtimes import __version__
+from runtimes.errors import BundleError, ModelSpecError, ProviderError
+from runtimes.spec import ModelSpec
+
+T = TypeVar("T")
+
+MANIFEST = "bundle.json"
+# Bumped when a reader of the previous format would misread a new bundle.
+FORMAT = 1
+
+# For each target, the providers to try in order: the target's own, then one that the
+# same requirements also install (the CPU provider ships in onnxruntime-gpu; OpenCV DNN
+# comes with the preprocessing's OpenCV everywhere).
+PROVIDERS = {
+    "cpu": ("cpu", "opencv"),
+    "cuda": ("cuda", "cpu"),
+    "tensorrt": ("tensorrt", "cuda", "cpu"),
+    "openvino": ("openvino", "opencv"),
+    "opencv": ("opencv",),
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BundleModel:
+    precision: str
+    path: Path
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    target: str
+    providers: tuple[str, ...]
+    models: dict[str, BundleModel]  # precision -> model, the default first
+    reference: Path
+    made_by: str  # the toolkit version that wrote it
+
+    @property
+    def default_precision(self) -> str:
+        return next(iter(self.models))
+
+    def model(self, precision: str | None = None) -> BundleModel:
+        """The model for ``precision`` (default: the bundle's default)."""
+        precision = precision or self.default_precision
+        if precision not in self.models:
+            raise BundleError(
+                f"bundle {self.root} has no {precision} model; it has: {', '.join(self.models)}"
+            )
+        return self.models[precision]
+
+
+@contextlib.contextmanager
+def open_bundle(path: str | Path) -> Iterator[Bundle]:
+    """The checked bundle at ``path``, a folder or a ``.tar.gz`` (unpacked to a temp folder for the block)."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(prefix="googlenet-bundle-") as tmp:
+            yield read_bundle(_unpack(path, Path(tmp)))
+        return
+    yield read_bundle(path)
+
+
+def read_bundle(root: str | Path) -> Bundle:
+    """Read and check the bundle folder ``root``; a BundleError says what is wrong and what to do."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        what = "does not exist" if not root.exists() else f"has no {MANIFEST}"
+        raise BundleError(f"bundle {root} {what}; make one with `python -m deploy.bundle --model M --out {root}`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        fmt, made_by = manifest["format"], str(manifest.get("toolkit", "?"))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not a bundle manifest ({exc}); copy the bundle again") from None
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise BundleError(
+            f"bundle {root} was made by googlenet-deploy {made_by} (bundle format {fmt}); this runtime is "
+            f"{__version__} and reads format {FORMAT}: install the bundle's own runtime with "
+            f"`pip install -r {root / 'requirements.txt'}` (from inside the bundle)"
+        )
+    try:
+        _check_files(root, manifest["files"])
+        target = manifest["target"]
+        models = {
+            m["precision"]: BundleModel(m["precision"], root / m["file"], ModelSpec.from_json(json.dumps(m["spec"]), m["file"]))
+            for m in manifest["models"]
+        }
+        return Bundle(
+            root=root,
+            target=target,
+            providers=tuple(manifest.get("providers") or PROVIDERS[target]),
+            models=models,
+            reference=root / manifest["reference"],
+            made_by=made_by,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"bundle {root}: {MANIFEST} lacks {exc} or has it malformed; copy the bundle again") from None
+    except ModelSpecError as exc:
+        raise BundleError(f"bundle {root}: {exc}") from None
+
+
+def _check_files(root: Path, files: dict[str, str]) -> None:
+    for name, expected in sorted(files.items()):
+        path = root / _safe_relative(name, root)
+        if not path.is_file():
+            raise BundleError(f"bundle {root}: {name} is missing; copy the whole bundle again")
+        if sha256_file(path) != expected:
+            raise BundleError(
+                f"bundle {root}: {name} does not match its sha256 in {MANIFEST} (changed or damaged since it was "
+                "bundled); refusing to run it: copy the bundle again"
+            )
+
+
+def _safe_relative(name: str, where: Path) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in name:
+        raise BundleError(f"bundle {where}: refusing the path {name!r}, which leaves the bundle")
+    return rel
+
+
+def _unpack(tarball: Path, into: Path) -> Path:
+    """Extract regular files and folders only, each inside ``into``; return the bundle folder."""
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            members = archive.getmembers()  # reads to the end: a truncated file fails here
+            for member in members:
+                rel = _safe_relative(member.name, tarball)
+                target = into.joinpath(*rel.parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.extractfile(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                else:
+                    raise BundleError(f"bundle {tarball}: {member.name} is not a regular file; refusing it")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise BundleError(
+            f"bundle {tarball} is truncated or corrupt ({type(exc).__name__}: {exc}); copy it again"
+        ) from None
+    tops = {PurePosixPath(m.name).parts[0] for m in members}
+    if len(tops) != 1:
+        raise BundleError(f"bundle {tarball} holds {len(tops)} top-level entries, expected one bundle folder")
+    return into / tops.pop()
+
+
+def first_loadable(providers: tuple[str, ...], load: Callable[[str], T]) -> tuple[T, str, list[str]]:
+    """``load(provider)`` for the first provider that loads: (result, provider, why the earlier ones did not)."""
+    failures = []
+    for provider in providers:
+        try:
+            return load(provider), provider, failures
+        except ProviderError as exc:
+            if len(providers) == 1:
+                raise
+            failures.append(str(exc))
+    raise BundleError(f"none of the providers {', '.join(providers)} runs here: " + " | ".join(failures))

@@ -1,0 +1,91 @@
+"""PyTorch's answers, kept beside the model so any device can check itself against them.
+
+At export, the parity gate's seeded inputs and a few images are run through the
+source checkpoint in PyTorch; their logits, the inputs and the images' file bytes go
+into one ``<model>.reference.npz``. ``runtimes.verify`` replays them on whatever
+runtime a device has, with no torch there. The file is plain arrays, read with
+``allow_pickle=False``: loading it can run no code.
+
+The seeded inputs are rounded to float16 values when made, so storing them as float16
+halves the file and loses nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.atomic import write_bytes
+from runtimes.errors import BundleError
+
+SUFFIX = ".reference.npz"
+
+
+def reference_path_for(model_path: str | Path) -> Path:
+    """``dir/googlenet.onnx`` -> ``dir/googlenet.reference.npz``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + SUFFIX)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Seeded input batches and images, each with the PyTorch logits it must produce."""
+
+    inputs: tuple[np.ndarray, ...]  # float32 (N, 3, H, W) batches, float16-exact
+    input_logits: tuple[np.ndarray, ...]  # float32 (N, C), one per batch
+    image_names: tuple[str, ...] = ()
+    images: tuple[bytes, ...] = ()  # the encoded files, decoded on the device
+    image_logits: np.ndarray | None = None  # float32 (len(images), C)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically; the bytes depend only on the contents."""
+        arrays: dict[str, np.ndarray] = {}
+        for i, (x, y) in enumerate(zip(self.inputs, self.input_logits)):
+            if not np.array_equal(x.astype(np.float16).astype(np.float32), x):
+                raise ValueError("reference inputs must be float16-exact; round them when they are made")
+            arrays[f"input_{i}"], arrays[f"input_logits_{i}"] = x.astype(np.float16), y.astype(np.float32)
+        if self.images:
+            arrays["image_names"] = np.array(self.image_names, dtype=str)
+            arrays["image_offsets"] = np.cumsum([0, *map(len, self.images)]).astype(np.int64)
+            arrays["image_data"] = np.frombuffer(b"".join(self.images), np.uint8)
+            arrays["image_logits"] = np.asarray(self.image_logits, np.float32)
+        return write_bytes(path, _npz_bytes(arrays))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Reference":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {name: npz[name] for name in npz.files}
+        except FileNotFoundError:
+            raise BundleError(f"reference answers {path} not found; re-export the model to make them") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise BundleError(f"reference answers {path} are unreadable ({exc}); re-export the model") from None
+        try:
+            count = sum(name.startswith("input_logits_") for name in data)
+            inputs = tuple(data[f"input_{i}"].astype(np.float32) for i in range(count))
+            logits = tuple(data[f"input_logits_{i}"] for i in range(count))
+            if "image_data" not in data:
+                return cls(inputs, logits)
+            blob, offsets = data["image_data"].tobytes(), data["image_offsets"]
+            images = tuple(blob[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
+            return cls(inputs, logits, tuple(str(n) for n in data["image_names"]), images, data["image_logits"])
+        except KeyError as exc:
+            raise BundleError(f"reference answers {path} lack the array {exc}; re-export the model") from None
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz that np.load reads, with fixed timestamps so equal arrays give equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()

@@ -1,0 +1,157 @@
+"""Does this device give PyTorch's answers? Replay the reference answers on its runtime.
+
+    python -m runtimes.verify --bundle DIR [--provider P] [--precision fp32|fp16|int8] [--json]
+    python -m runtimes.verify --model artifacts/googlenet.onnx [--provider P]
+
+The seeded inputs of the export's parity gate and the reference images (decoded and
+preprocessed here, with the exact PIL-identical path) run on the device's runtime; the
+logits are compared with the PyTorch logits recorded at export, under the named
+tolerance of each model's precision (``runtimes.tolerances``). int8 models are judged
+by top-1 agreement on the images; their noise-input statistics are shown, not judged.
+
+Exit status: 0 all within tolerance, 3 some outside it, 2 a user error (a missing or
+tampered bundle, a provider that cannot run here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtimes.cli import EXIT_PARITY_FAILED, positive_int, run_cli
+from runtimes.spec import DEFAULT_MODEL
+
+IMAGE_BATCH = 8  # within every runner's default batch range (tensorrt's profile included)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # "seeded batch 1", "18 images"
+    stats: object  # runtimes.parity.ParityStats
+    judged: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.stats.passed or not self.judged
+
+
+def check_runner(runner, reference) -> list[Check]:
+    """Compare ``runner``'s logits with ``reference`` under the tolerance of the runner's precision."""
+    import numpy as np
+
+    from runtimes import preprocess
+    from runtimes.parity import compare
+    from runtimes.tolerances import for_precision
+
+    tol = for_precision(runner.spec.precision)
+    checks = [
+        Check(f"seeded batch {len(x)}", compare(ref, runner.infer(x), tol), judged=tol.elementwise)
+        for x, ref in zip(reference.inputs, reference.input_logits)
+    ]
+    if reference.images:
+        batch = preprocess.stack(
+            [preprocess.load(data, runner.spec, name) for name, data in zip(reference.image_names, reference.images)]
+        )
+        logits = np.concatenate([runner.infer(batch[i : i + IMAGE_BATCH]) for i in range(0, len(batch), IMAGE_BATCH)])
+        checks.append(Check(f"{len(batch)} images", compare(reference.image_logits, logits, tol), judged=True))
+    return checks
+
+
+def _report(model_name: str, precision: str, checks: list[Check], out) -> None:
+    from runtimes.tolerances import for_precision
+
+    tol = for_precision(precision)
+    rule = f"atol {tol.atol:g}, rtol {tol.rtol:g}" if tol.elementwise else f"top-1 agreement on images >= {tol.min_top1:.0%}"
+    print(f"{precision}  {model_name}  ({rule})", file=out)
+    print(f"  {'check':<16} {'max |d|':>9} {'mean |d|':>9} {'violations':>10} {'top-1':>7} {'top-5':>7}  result", file=out)
+    for c in checks:
+        s = c.stats
+        result = ("ok" if s.passed else "FAILED") if c.judged else "shown"
+        print(
+            f"  {c.name:<16} {s.max_abs:>9.2e} {s.mean_abs:>9.2e} {s.violations:>10} "
+            f"{s.top1_agreement:>7.1%} {s.top5_agreement:>7.1%}  {result}",
+            file=out,
+        )
+
+
+def verify(
+    *,
+    bundle: Path | None = None,
+    model: Path = DEFAULT_MODEL,
+    provider: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    json_output: bool = False,
+    out=None,
+) -> int:
+    """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED."""
+    import contextlib
+
+    from runtimes.adapters import create_runner
+    from runtimes.bundle import first_loadable, open_bundle
+    from runtimes.reference import Reference, reference_path_for
+    from runtimes.spec import ModelSpec
+
+    out = out or sys.stdout
+    options = {"threads": threads} if threads else {}
+    with contextlib.ExitStack() as stack:
+        if bundle is not None:
+            opened = stack.enter_context(open_bundle(bundle))
+            chosen = [opened.model(precision)] if precision else list(opened.models.values())
+            models = [(m.precision, m.path, m.spec, m.path.relative_to(opened.root).as_posix()) for m in chosen]
+            providers = (provider,) if provider else opened.providers
+            reference = Reference.load(opened.reference)
+            header = f"bundle {bundle} (made by googlenet-deploy {opened.made_by}, target {opened.target})"
+        else:
+            spec = ModelSpec.from_onnx(model)
+            models = [(spec.precision, model, spec, str(model))]
+            providers = (provider or "cpu",)
+            reference = Reference.load(reference_path_for(model))
+            header = f"model {model}"
+        results, failed = [], False
+        for prec, path, spec, shown in models:
+            runner, used, skipped = first_loadable(
+                providers, lambda p: create_runner(p, path, spec, batch_size=IMAGE_BATCH, **options).load()
+            )
+            with runner:
+                checks = check_runner(runner, reference)
+                active = runner.active_providers()
+            failed |= not all(c.passed for c in checks)
+            results.append({"model": shown, "precision": prec, "provider": used, "runs_on": active,
+                            "providers_skipped": skipped, "checks": checks})
+    if json_output:
+        record = {"source": header, "passed": not failed, "models": [
+            {**r, "checks": [{"name": c.name, "judged": c.judged, **c.stats.as_dict()} for c in r["checks"]]}
+            for r in results
+        ]}
+        print(json.dumps(record), file=out)
+    else:
+        print(header, file=out)
+        for r in results:
+            for reason in r["providers_skipped"]:
+                print(f"note: skipped a provider: {reason}", file=out)
+            print(f"provider {r['provider']} ({', '.join(r['runs_on'])})", file=out)
+            _report(r["model"], r["precision"], r["checks"], out)
+        verdict = "FAILED: outside tolerance" if failed else "verified: every model agrees with PyTorch within tolerance"
+        print(verdict, file=out)
+    return EXIT_PARITY_FAILED if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.verify", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--bundle", type=Path, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
+    source.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help=f"an exported model with its .reference.npz beside it (default: {DEFAULT_MODEL})")
+    parser.add_argument("--provider", help="runtime to check (default: the bundle's preference, else cpu)")
+    parser.add_argument("--precision", help="bundle: check only this model (fp32, fp16, int8); default: all")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--json", dest="json_output", action="store_true", help="one JSON object on stdout")
+    return verify(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    run_cli(main)
