@@ -24,11 +24,17 @@ class OpencvRunner(Runner):
 
         if self.options["threads"]:
             cv2.setNumThreads(self.options["threads"])
+        # The importer logs each parse failure to stderr before raising; the raised
+        # error says it all, so keep those lines off the user's one-line error.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
             self.net = cv2.dnn.readNetFromONNX(str(self.model_path))
         except cv2.error as exc:
             reason = " ".join(str(exc).split())  # cv2.error spans several lines
             raise ProviderError(f"opencv: cv2.dnn cannot import {self.model_path}: {reason}") from None
+        finally:
+            cv2.utils.logging.setLogLevel(level)
 
     def _infer_impl(self, batch: Any) -> Any:
         self.net.setInput(batch)

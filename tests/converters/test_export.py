@@ -1,6 +1,8 @@
 """The export: aux-free graph, dynamic batch, metadata, report, parity gate, atomic failure."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from runtimes.errors import ExportError, ParityError
 from runtimes.spec import ModelSpec
 from runtimes.tolerances import FP32
 from tests.conftest import save_training_checkpoint
+from tests.helpers import perturb_fc_bias
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,23 +137,15 @@ def test_label_count_mismatch(tmp_path):
         read_labels(labels, 7)
 
 
-def _perturb(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Nudge the fc bias by 0.05: small, but far outside fp32 tolerance."""
-    bias = next(i for i in model.graph.initializer if i.name == "fc.bias")
-    values = onnx.numpy_helper.to_array(bias) + np.float32(0.05)
-    bias.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), "fc.bias"))
-    return model
-
-
 def test_perturbed_graph_fails_parity_gate(paper_export, paper_torch):
-    perturbed = _perturb(onnx.load(str(paper_export.path)))
+    perturbed = perturb_fc_bias(onnx.load(str(paper_export.path)))
     with pytest.raises(ParityError, match="disagrees with PyTorch") as err:
         check_parity(paper_torch, perturbed.SerializeToString())
     assert all(not s.passed and s.max_abs > 0.04 for s in err.value.stats)
 
 
 def test_failed_parity_writes_nothing(tmp_path, monkeypatch, paper_ckpt):
-    monkeypatch.setattr(export_mod, "simplify", lambda model: (_perturb(model), "perturbed"))
+    monkeypatch.setattr(export_mod, "simplify", lambda model: (perturb_fc_bias(model), "perturbed"))
     out = tmp_path / "model.onnx"
     with pytest.raises(ParityError):
         export(paper_ckpt, out)
@@ -225,3 +220,34 @@ def test_cli_exports(tmp_path, paper_ckpt):
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and (tmp_path / "cli.report.json").is_file()
     assert "parity max |d|" in proc.stdout
+
+
+def test_same_checkpoint_from_another_folder_exports_identical_bytes(tmp_path, paper_export):
+    """Nothing of where the checkpoint lives, where the model goes, or who runs the
+    export gets into the model or its reference answers."""
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copyfile(paper_export.checkpoint, tmp_path / "elsewhere" / paper_export.checkpoint.name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "converters.export", "--ckpt", f"elsewhere/{paper_export.checkpoint.name}", "--out", "out/m.onnx"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "USER": "someone"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "m.onnx").read_bytes() == paper_export.path.read_bytes()
+    assert (tmp_path / "out" / "m.reference.npz").read_bytes() == paper_export.reference_path.read_bytes()
+
+
+def test_torch_reference_finds_the_checkpoint_beside_the_model_by_name(tmp_path, paper_export, paper_ckpt):
+    from runtimes.adapters import create_runner
+    from runtimes.errors import ProviderError
+
+    shutil.copyfile(paper_export.path, tmp_path / "m.onnx")
+    with pytest.raises(ProviderError, match=r"it records paper\.pth \(sha256 [0-9a-f]{12}\.\.\.\), and no such file is beside"):
+        create_runner("torch", tmp_path / "m.onnx").load()
+    shutil.copyfile(paper_ckpt, tmp_path / "paper.pth")
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    with create_runner("torch", tmp_path / "m.onnx") as runner:
+        assert runner.infer(x).shape == (1, 1000)
+    with open(tmp_path / "paper.pth", "ab") as fh:  # same name, other bytes: not the source
+        fh.write(b"\0")
+    with pytest.raises(ProviderError, match="pass the checkpoint it was exported from"):
+        create_runner("torch", tmp_path / "m.onnx").load()

@@ -54,7 +54,7 @@ def test_every_module_imports_without_torch():
     assert json.loads(result.stdout) == ["torch"], "only the blocked placeholder may be there"
 
 
-@pytest.mark.parametrize("module", ["runtimes.run", "runtimes.doctor", "runtimes.bench"])
+@pytest.mark.parametrize("module", ["runtimes.run", "runtimes.doctor", "runtimes.bench", "runtimes.verify", "deploy.bundle"])
 def test_cli_help_without_torch(module):
     result = run_module_without_torch(module, "--help")
     assert result.returncode == 0, result.stderr

@@ -197,3 +197,11 @@ def test_demo_images_get_their_class(demo_export, capsys):
     assert len(records) == len(list(IMAGES_DIR.glob("*.jpg")))
     wrong = [r["image"] for r in records if r["topk"][0]["label"] != label_of(r["image"])]
     assert not wrong, f"misclassified: {wrong}"
+
+
+def test_variant_needs_a_bundle(demo_export):
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtimes.run", "--model", str(demo_export.path), "--variant", "fp16", str(IMAGES_DIR)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr == "error: --variant picks a model inside a bundle; pass --bundle DIR too\n"

@@ -1,0 +1,196 @@
+"""Edge bundles: built from the demo model, checked file by file, and run in a fresh
+virtual environment that has only the bundle's requirements (and so no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import venv
+from pathlib import Path
+
+import pytest
+
+from deploy.bundle import build_bundle, variant_path
+from runtimes.bundle import FORMAT, MANIFEST, open_bundle
+from runtimes.classifier import Classifier
+from runtimes.errors import BundleError
+from runtimes.reference import reference_path_for
+from samples.generate import IMAGES_DIR
+from tests.helpers import save_fp16_variant
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_with_variant(demo_export, tmp_path_factory) -> Path:
+    """The demo model, its reference answers and an fp16 variant, in a folder of their own."""
+    folder = tmp_path_factory.mktemp("model")
+    model = folder / "googlenet.onnx"
+    shutil.copyfile(demo_export.path, model)
+    shutil.copyfile(demo_export.reference_path, reference_path_for(model))
+    save_fp16_variant(model, variant_path(model, "fp16"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def bundle(model_with_variant, tmp_path_factory) -> tuple[Path, Path]:
+    return build_bundle(model_with_variant, tmp_path_factory.mktemp("out") / "gnet", variants=["fp16"])
+
+
+def _cli(module: str, *args: str, python: str = sys.executable, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / bundle_dir.name
+    shutil.copytree(bundle_dir, copy)
+    return copy
+
+
+def test_manifest_lists_every_file_with_its_hash(bundle):
+    folder, tarball = bundle
+    manifest = json.loads((folder / MANIFEST).read_text())
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(manifest["files"]) == on_disk
+    assert {"models/googlenet.onnx", "models/googlenet.fp16.onnx", "reference.npz", "labels.txt", "requirements.txt"} <= on_disk
+    assert [m["precision"] for m in manifest["models"]] == ["fp16", "fp32"]  # the named variant runs by default
+    assert manifest["providers"] == ["cpu", "opencv"] and manifest["format"] == FORMAT
+    requirements = (folder / "requirements.txt").read_text()
+    assert "torch" not in requirements and "onnxruntime==" in requirements and "./wheels/googlenet_deploy_runtime-" in requirements
+    with tarfile.open(tarball) as archive:
+        assert {m.name for m in archive.getmembers() if m.isfile()} == {f"gnet/{n}" for n in on_disk | {MANIFEST}}
+
+
+def test_rebuilding_gives_the_same_tarball(model_with_variant, bundle, tmp_path):
+    _, again = build_bundle(model_with_variant, tmp_path / "gnet", variants=["fp16"])
+    assert again.read_bytes() == bundle[1].read_bytes()
+
+
+def test_fresh_venv_with_only_the_requirements_verifies_and_classifies(bundle, tmp_path):
+    """The whole device story: empty venv, `pip install -r requirements.txt` inside the
+    bundle, then verify and run from a folder outside the repository."""
+    folder, _ = bundle
+    env_dir = tmp_path / "venv"
+    started = time.perf_counter()
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", "requirements.txt"],
+        cwd=folder, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    verify = _cli("runtimes.verify", "--bundle", str(folder), python=python, cwd=elsewhere)
+    print(f"empty venv to verified answer: {time.perf_counter() - started:.1f} s\n{verify.stdout}")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "verified" in verify.stdout.splitlines()[-1] and "fp16" in verify.stdout and "fp32" in verify.stdout
+
+    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, cwd=elsewhere)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    where = subprocess.run([python, "-c", "import runtimes; print(runtimes.__file__)"], capture_output=True, text=True, cwd=elsewhere)
+    assert str(env_dir) in where.stdout, "runtimes must come from the bundle's wheel, not the checkout"
+
+    for variant in ("fp32", "fp16"):
+        run = _cli("runtimes.run", "--bundle", str(folder), "--variant", variant, "--json", str(IMAGES_DIR), python=python, cwd=elsewhere)
+        assert run.returncode == 0, run.stderr
+        on_device = [json.loads(line) for line in run.stdout.splitlines()]
+        with open_bundle(folder) as opened:
+            chosen = opened.model(variant)
+            with Classifier(chosen.path, "cpu", spec=chosen.spec) as clf:
+                here = [p.to_dict() for p in clf.predict(sorted(IMAGES_DIR.glob("*.jpg")))]
+        assert [r["topk"][0]["label"] for r in on_device] == [r["topk"][0]["label"] for r in here]
+        for a, b in zip(on_device, here):
+            assert [s["label"] for s in a["topk"]] == [s["label"] for s in b["topk"]]
+            assert a["topk"][0]["prob"] == pytest.approx(b["topk"][0]["prob"], abs=1e-6)
+
+
+def test_one_changed_byte_is_refused_by_name(bundle, tmp_path):
+    copy = _copy(bundle[0], tmp_path)
+    model = copy / "models" / "googlenet.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    for module, args in (("runtimes.verify", ()), ("runtimes.run", (str(IMAGES_DIR),))):
+        proc = _cli(module, "--bundle", str(copy), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+        assert "models/googlenet.onnx does not match its sha256 in bundle.json" in proc.stderr
+
+
+def test_a_truncated_tarball_is_a_clear_error(bundle, tmp_path):
+    cut = tmp_path / "gnet.tar.gz"
+    cut.write_bytes(bundle[1].read_bytes()[: bundle[1].stat().st_size // 2])
+    proc = _cli("runtimes.verify", "--bundle", str(cut))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: bundle {cut} is truncated or corrupt") and proc.stderr.count("\n") == 1
+
+
+def test_the_tarball_itself_verifies(bundle):
+    proc = _cli("runtimes.verify", "--bundle", str(bundle[1]), "--precision", "fp32")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_bundle_from_a_newer_toolkit_names_what_it_needs(bundle, tmp_path):
+    copy = _copy(bundle[0], tmp_path)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "format": FORMAT + 1, "toolkit": "9.1.0"}))
+    with pytest.raises(BundleError, match=rf"made by googlenet-deploy 9\.1\.0 \(bundle format {FORMAT + 1}\).*reads format {FORMAT}"):
+        with open_bundle(copy):
+            pass
+
+
+def test_a_missing_file_is_named(bundle, tmp_path):
+    copy = _copy(bundle[0], tmp_path)
+    (copy / "reference.npz").unlink()
+    with pytest.raises(BundleError, match="reference.npz is missing; copy the whole bundle again"):
+        with open_bundle(copy):
+            pass
+
+
+def test_a_path_leaving_the_bundle_is_refused(bundle, tmp_path):
+    copy = _copy(bundle[0], tmp_path)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"]["../outside.txt"] = "0" * 64
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="refusing the path '../outside.txt'"):
+        with open_bundle(copy):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"variants": ["int8"]}, r"no int8 variant at .*googlenet\.int8\.onnx"),
+        ({"variants": ["bf17"]}, r"unknown variant 'bf17'; known: fp16, int8"),
+        ({"target": "tpu"}, r"unknown target 'tpu'; known: cpu, cuda, tensorrt, openvino, opencv"),
+    ],
+)
+def test_bad_requests_fail_before_writing(model_with_variant, tmp_path, kwargs, message):
+    with pytest.raises(BundleError, match=message):
+        build_bundle(model_with_variant, tmp_path / "b", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_must_be_new_or_a_bundle(model_with_variant, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.jpg").write_bytes(b"x")
+    proc = _cli("deploy.bundle", "--model", str(model_with_variant), "--out", str(tmp_path / "photos"))
+    assert proc.returncode == 2 and "exists and is not a bundle" in proc.stderr
+    assert (tmp_path / "photos" / "keep.jpg").read_bytes() == b"x"
+
+
+def test_openvino_target_pins_openvino_and_prefers_it(model_with_variant, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is an optional extra: pip install 'googlenet-deploy[openvino]'")
+    folder, _ = build_bundle(model_with_variant, tmp_path / "ov", target="openvino")
+    requirements = (folder / "requirements.txt").read_text()
+    assert "openvino==" in requirements and "onnxruntime" not in requirements
+    proc = _cli("runtimes.verify", "--bundle", str(folder))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "provider openvino (OpenVINO:CPU)" in proc.stdout
