@@ -6,7 +6,9 @@
    the runtimes read (``artifacts/googlenet.onnx``), parity-checked against PyTorch;
 3. ``python -m runtimes.run --provider cpu`` on the committed sample images, scored
    against the class in each file name;
-4. PyTorch eager against ONNX Runtime CPU latency at batch 1 (``runtimes.bench``).
+4. ``python -m deploy.bundle`` it into a torch-free edge bundle and
+   ``python -m runtimes.verify --bundle`` it: the device-side check against PyTorch;
+5. PyTorch eager against ONNX Runtime CPU latency at batch 1 (``runtimes.bench``).
 
 Each step is the same command a user would type; the demo only runs and reads them.
 """
@@ -104,6 +106,10 @@ def main(argv=None) -> int:
         capture=True,
     )
     accuracy = _score(jsonl)
+    bundle = args.model.with_name("bundle")
+    _step("edge bundle: model, reference answers, pinned torch-free requirements",
+          "deploy.bundle", "--model", str(args.model), "--out", str(bundle))
+    _step("verify the bundle as a device would", "runtimes.verify", "--bundle", str(bundle))
     _latency(args.model)
     return 0 if accuracy >= MIN_ACCURACY else 1
 

@@ -194,3 +194,24 @@ def test_openvino_target_pins_openvino_and_prefers_it(model_with_variant, tmp_pa
     proc = _cli("runtimes.verify", "--bundle", str(folder))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "provider openvino (OpenVINO:CPU)" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
+def test_a_hostile_tarball_writes_nothing_outside(tmp_path, kind):
+    import io
+
+    tarball = tmp_path / "evil.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        if kind == "symlink":
+            info = tarfile.TarInfo("gnet/link")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            archive.addfile(info)
+        else:
+            name = "gnet/../../escaped.txt" if kind == "parent" else str(tmp_path / "escaped.txt")
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            archive.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(BundleError, match="refusing"):
+        with open_bundle(tarball):
+            pass
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
