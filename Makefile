@@ -17,8 +17,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The torch row needs the source checkpoint; the demo model's lives under artifacts/demo.
 bench: $(STAMP)
-	$(PY) -m runtimes.bench
+	$(PY) -m runtimes.bench --ckpt artifacts/demo/googlenet_demo.pth
 
 clean:
 	rm -rf artifacts .pytest_cache

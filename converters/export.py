@@ -29,7 +29,8 @@ from pathlib import Path
 
 from runtimes.errors import ExportError, ImageError
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, PROVENANCE_KEY, ModelSpec
-from runtimes.versions import package_version, package_versions
+from runtimes import __version__
+from runtimes.versions import package_versions
 
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5), OpenCV DNN 4.x and older
 # OpenVINO builds all read; GoogLeNet uses no operator that needs a newer one.
@@ -171,9 +172,11 @@ def _count_params(model) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
-def _verify_image_files(folder: str | Path | None) -> list[Path]:
-    """The images to keep reference logits for: ``folder``'s, or the demo samples'."""
-    from runtimes.preprocess import IMAGE_EXTENSIONS
+def _verify_images(folder: str | Path | None, spec: ModelSpec):
+    """(names, file bytes, preprocessed batch) of the images whose PyTorch logits travel
+    with the model: ``folder``'s (recursively, sorted), or the demo samples'. Read first,
+    so a bad image fails the export before any work."""
+    from runtimes.preprocess import IMAGE_EXTENSIONS, load, stack
 
     if folder is None:
         from samples.generate import IMAGES_DIR
@@ -187,29 +190,16 @@ def _verify_image_files(folder: str | Path | None) -> list[Path]:
         raise ExportError(f"--verify-images {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     if len(files) > MAX_VERIFY_IMAGES:
         log.warning("--verify-images %s: keeping the first %d of %d images", folder, MAX_VERIFY_IMAGES, len(files))
-    return files[:MAX_VERIFY_IMAGES]
-
-
-def _reference(model, spec: ModelSpec, cases, image_files: list[Path]):
-    """The gate's inputs and the images, with the PyTorch logits each must produce."""
-    from converters.parity import torch_logits
-    from runtimes.preprocess import load, stack
-    from runtimes.reference import Reference
-
-    data = [p.read_bytes() for p in image_files]
+        files = files[:MAX_VERIFY_IMAGES]
+    names = tuple(p.relative_to(folder).as_posix() for p in files)
     try:
-        batch = stack([load(d, spec, p.name) for d, p in zip(data, image_files)])
+        data = tuple(p.read_bytes() for p in files)
+        batch = stack([load(d, spec, name) for d, name in zip(data, names)])
+    except OSError as exc:
+        raise ExportError(f"--verify-images: cannot read {exc.filename}: {exc.strerror}") from None
     except ImageError as exc:
         raise ExportError(f"--verify-images: {exc}") from None
-    root = image_files[0].parent
-    names = tuple(p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name for p in image_files)
-    return Reference(
-        inputs=tuple(x for x, _ in cases),
-        input_logits=tuple(y for _, y in cases),
-        image_names=names,
-        images=tuple(data),
-        image_logits=torch_logits(model, batch),
-    )
+    return names, data, batch
 
 
 def export(
@@ -240,7 +230,7 @@ def export(
     from converters.parity import check_parity, seeded_inputs, torch_logits
     from converters.portable import ceil_mode_pools, rewrite_ceil_pools
     from runtimes.atomic import write_bytes, write_text
-    from runtimes.reference import reference_path_for
+    from runtimes.reference import Reference, reference_path_for
 
     out = Path(out)
     _check_destination(out)
@@ -253,7 +243,16 @@ def export(
         transform_input = ckpt.layout == "torchvision"
     model = build_model(ckpt, transform_input=transform_input)
     names = read_labels(labels, ckpt.num_classes)
-    image_files = _verify_image_files(verify_images)
+    spec = ModelSpec(
+        labels=names,
+        layout=ckpt.layout,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        transform_input=transform_input,
+        checkpoint_name=ckpt.path.name,
+        checkpoint_sha256=ckpt.sha256,
+    )
+    image_names, images, image_batch = _verify_images(verify_images, spec)
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -275,17 +274,8 @@ def export(
     _assert_io(onnx_model, ckpt.num_classes)
     timings["simplify_s"] = time.perf_counter() - t0
 
-    spec = ModelSpec(
-        labels=names,
-        layout=ckpt.layout,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        transform_input=transform_input,
-        checkpoint_name=ckpt.path.name,
-        checkpoint_sha256=ckpt.sha256,
-    )
     provenance = {
-        "toolkit": package_version("googlenet-deploy") or "",
+        "toolkit": __version__,
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "opset": opset,
         "simplifier": tool,
@@ -305,7 +295,13 @@ def export(
     stats = check_parity(model, data, cases=cases)
     timings["verify_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reference = _reference(model, spec, cases, image_files)
+    reference = Reference(
+        inputs=tuple(x for x, _ in cases),
+        input_logits=tuple(y for _, y in cases),
+        image_names=image_names,
+        images=images,
+        image_logits=torch_logits(model, image_batch),
+    )
     timings["reference_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -321,7 +317,7 @@ def export(
         "provenance": provenance,
         "size_bytes": len(data),
         "parity": [s.as_dict() for s in stats],
-        "reference": {"file": reference_path_for(out).name, "seeded_batches": [1, 4], "images": len(image_files)},
+        "reference": {"file": reference_path_for(out).name, "seeded_batches": [1, 4], "images": len(images)},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     try:

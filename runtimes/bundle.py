@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -151,6 +150,8 @@ def _safe_relative(name: str, where: Path) -> PurePosixPath:
 
 def _unpack(tarball: Path, into: Path) -> Path:
     """Extract regular files and folders only, each inside ``into``; return the bundle folder."""
+    import tarfile  # only .tar.gz bundles need it: keeps `runtimes.run` start-up lean
+
     try:
         with tarfile.open(tarball, "r:gz") as archive:
             members = archive.getmembers()  # reads to the end: a truncated file fails here

@@ -20,9 +20,13 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtimes.cli import EXIT_PARITY_FAILED, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from runtimes.parity import ParityStats
 
 IMAGE_BATCH = 8  # within every runner's default batch range (tensorrt's profile included)
 
@@ -30,7 +34,7 @@ IMAGE_BATCH = 8  # within every runner's default batch range (tensorrt's profile
 @dataclass(frozen=True)
 class Check:
     name: str  # "seeded batch 1", "18 images"
-    stats: object  # runtimes.parity.ParityStats
+    stats: "ParityStats"
     judged: bool
 
     @property

@@ -251,3 +251,26 @@ def test_torch_reference_finds_the_checkpoint_beside_the_model_by_name(tmp_path,
         fh.write(b"\0")
     with pytest.raises(ProviderError, match="pass the checkpoint it was exported from"):
         create_runner("torch", tmp_path / "m.onnx").load()
+
+
+def test_verify_images_are_the_users_own(tmp_path, demo_ckpt):
+    from runtimes.reference import Reference
+    from samples.generate import IMAGES_DIR, LABELS_FILE
+
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    samples = sorted(IMAGES_DIR.glob("*.jpg"))
+    shutil.copyfile(samples[0], mine / "b.jpg")
+    shutil.copyfile(samples[-1], mine / "sub" / "a.jpg")
+    result = export(demo_ckpt, tmp_path / "m.onnx", labels=LABELS_FILE, verify_images=mine)
+    ref = Reference.load(result.reference_path)
+    assert ref.image_names == ("b.jpg", "sub/a.jpg") and ref.images == (samples[0].read_bytes(), samples[-1].read_bytes())
+    assert [result.spec.labels[i] for i in ref.image_logits.argmax(axis=1)] == ["blue_checker", "red_vstripes"]
+
+
+def test_a_bad_verify_image_fails_before_any_work(tmp_path, paper_ckpt):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    proc = _run_cli("--ckpt", str(paper_ckpt), "--out", str(tmp_path / "out" / "m.onnx"), "--verify-images", str(tmp_path / "imgs"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --verify-images: broken.jpg: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
