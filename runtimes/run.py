@@ -91,17 +91,20 @@ class Progress:
             self.stream.flush()
 
 
-def runner_options(provider: str, **given: object) -> dict[str, object]:
+def runner_options(provider: str, *, lenient: bool = False, **given: object) -> dict[str, object]:
     """The options the user set (not None, not False), checked against what ``provider`` takes.
 
     The runner would reject the others in keyword terms; this says it in the flags the
     user typed: "--device-id and --fp16 do not apply to provider 'cpu'; its options: --threads".
+    ``lenient`` drops them instead: a bundle's fallback provider ignores flags meant for another.
     """
     from runtimes.adapters import runner_class
 
     takes = runner_class(provider).OPTIONS
     options = {name: value for name, value in given.items() if value is not None and value is not False}
     unknown = [_flag(name) for name in options if name not in takes]
+    if lenient:
+        return {name: value for name, value in options.items() if name in takes}
     if unknown:
         ours = [_flag(name) for name in given if name in takes]
         names = unknown[0] if len(unknown) == 1 else f"{', '.join(unknown[:-1])} and {unknown[-1]}"
@@ -149,7 +152,6 @@ def classify(
     """
     import contextlib
 
-    from runtimes.adapters import runner_class
     from runtimes.bundle import first_loadable, open_bundle
     from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
     from runtimes.preprocess import IMAGE_EXTENSIONS
@@ -168,13 +170,12 @@ def classify(
             chosen = opened.model(variant)
             model, spec = chosen.path, chosen.spec
             providers = (provider,) if provider else opened.providers
-        if len(providers) == 1:  # asked for by name: a flag it does not take is a mistake
-            runner_options(providers[0], **given)
+        lenient = len(providers) > 1  # one asked for by name: a flag it does not take is a mistake
+        if not lenient:
+            runner_options(providers[0], **given)  # before anything loads
 
         def load(name: str) -> Classifier:
-            takes = runner_class(name).OPTIONS  # a fallback provider ignores flags meant for another
-            options = {k: v for k, v in given.items() if k in takes and v is not None and v is not False}
-            return Classifier(model, name, batch_size=batch_size, spec=spec, **options)
+            return Classifier(model, name, batch_size=batch_size, spec=spec, **runner_options(name, lenient=lenient, **given))
 
         classifier, used, skipped = first_loadable(providers, load)
         for reason in skipped:

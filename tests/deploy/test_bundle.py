@@ -215,3 +215,17 @@ def test_a_hostile_tarball_writes_nothing_outside(tmp_path, kind):
         with open_bundle(tarball):
             pass
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_a_provider_that_cannot_run_here_falls_to_the_next_in_the_bundle(model_with_variant, tmp_path):
+    from runtimes.adapters import unavailable_reason
+
+    folder, _ = build_bundle(model_with_variant, tmp_path / "gpu", target="cuda")
+    assert "onnxruntime-gpu==" in (folder / "requirements.txt").read_text()
+    image = sorted(IMAGES_DIR.glob("*.jpg"))[0]
+    proc = _cli("runtimes.run", "--bundle", str(folder), "--device-id", "0", "--json", str(image))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["topk"][0]["label"] == "blue_checker"
+    if unavailable_reason("cuda") is not None:  # this machine: no GPU, so the bundle's next provider runs
+        assert "warning: requested provider 'cuda'" in proc.stderr and "using the bundle's next provider" in proc.stderr
+        assert "provider: cpu (CPUExecutionProvider)" in proc.stderr
