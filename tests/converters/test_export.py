@@ -60,10 +60,13 @@ def test_graph_has_one_output_and_no_aux(paper_export):
     names = [n.name for n in model.graph.node] + [i.name for i in model.graph.initializer]
     assert not any("aux" in name for name in names)
     ops = [n.op_type for n in model.graph.node]
-    # The aux heads would add 2 Conv and 4 Gemm; LRN exports as the native op.
-    assert ops.count("Conv") == 57 and ops.count("Gemm") == 1 and ops.count("LRN") == 2
+    # The aux heads would add 2 Conv and 4 Gemm; each LRN became a 1x1 window-sum Conv.
+    assert ops.count("Conv") == 57 + 2 and ops.count("Gemm") == 1 and ops.count("LRN") == 0
     params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
-    assert params == count_parameters(GoogLeNet("paper", aux_logits=False)) == paper_export.report["parameters"]["torch"]
+    lrn_constants = sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.name.endswith(("LRN.band", "LRN.bias")))
+    assert lrn_constants == 64 * 64 + 64 + 192 * 192 + 192  # band weights and biases of the 64- and 192-channel LRNs
+    assert params == paper_export.report["parameters"]["onnx_initializers"]
+    assert params - lrn_constants == count_parameters(GoogLeNet("paper", aux_logits=False))
 
 
 def test_torchvision_graph_parameters_equal_aux_free_model_after_bn_folding(tv_export):
@@ -103,7 +106,9 @@ def test_metadata_carries_preprocessing_and_provenance(paper_export):
 def test_report_beside_model(paper_export):
     report = json.loads(paper_export.report_path.read_text())
     assert paper_export.report_path.name == "paper.report.json"
-    assert report["nodes"]["after_simplify"] <= report["nodes"]["before_simplify"]
+    assert report["nodes"]["simplified"] <= report["nodes"]["exported"]
+    # Each of the 2 LRNs becomes Mul, Conv, Sqrt, Sqrt, Mul, Div: 5 more nodes apiece.
+    assert report["nodes"]["final"] == report["nodes"]["simplified"] + 10
     assert report["aux_stripped"]["parameters"] == 13_378_280 - 6_998_552
     assert [p["batch"] for p in report["parity"]] == [1, 4] and all(p["passed"] for p in report["parity"])
     assert {"load_s", "export_s", "simplify_s", "verify_s", "reference_s", "total_s"} == set(report["timings_s"])
