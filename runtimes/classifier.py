@@ -5,11 +5,19 @@
             print(p.image, p.error or p.topk[0].label)
 
 A bad image becomes a Prediction with ``error`` set; the rest are still classified.
+Images are read, decoded and preprocessed by a small pool of worker threads (OpenCV,
+Pillow and numpy release the GIL) while the runtime infers the previous batch; results
+still come in input order, a batch at a time, and at most a few batches are in memory
+whatever the number of images.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,15 @@ from runtimes.spec import DEFAULT_MODEL, ModelSpec
 
 ImageInput = str | Path | bytes
 DEFAULT_BATCH_SIZE = 8
+# Batches being prepared ahead of the one being inferred: enough to keep the workers
+# busy through an inference call, few enough to bound memory.
+PREFETCH_BATCHES = 2
+
+
+def default_workers() -> int:
+    """Preprocessing threads: one per CPU this process may use, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
 
 
 @dataclass(frozen=True)
@@ -41,16 +58,17 @@ class Prediction:
     image: str
     topk: tuple[Score, ...] = ()
     error: str | None = None
+    preprocess: str | None = None  # "exact" or "fast": the path the image took
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON Lines record: {"image", "topk": [{"index", "label", "prob"}]} or {"image", "error"}."""
+        """The JSON Lines record: {"image", "topk": [{"index", "label", "prob"}], "preprocess"} or {"image", "error"}."""
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {"image": self.image, "topk": [vars(s) for s in self.topk]}
+        return {"image": self.image, "topk": [vars(s) for s in self.topk], "preprocess": self.preprocess}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -72,6 +90,9 @@ class Classifier:
     ``provider`` is a short runtime name (cpu, cuda, tensorrt, openvino, opencv, torch);
     ``options`` go to that runtime's runner (threads, device_id, allow_fallback, fp16...).
     ``spec`` overrides the one in the model file (a bundle carries it in bundle.json).
+    ``exact`` makes every image take the PIL-identical path; by default large JPEGs are
+    decoded at reduced size in the DCT domain (see ``runtimes.preprocess``).
+    ``workers`` is the number of preprocessing threads (default: one per CPU, at most 8).
     """
 
     def __init__(
@@ -81,11 +102,17 @@ class Classifier:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         spec: ModelSpec | None = None,
+        exact: bool = False,
+        workers: int | None = None,
         **options: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.batch_size = batch_size
+        self.exact = exact
+        self.workers = workers or default_workers()
         self.runner = create_runner(provider, model_path, spec, batch_size=batch_size, **options).load()
 
     @property
@@ -102,34 +129,46 @@ class Classifier:
         return list(self.iter_predict(images, topk))
 
     def iter_predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> Iterator[Prediction]:
-        """Like :meth:`predict`, yielding each batch's predictions as soon as it is done."""
+        """Like :meth:`predict`, yielding each batch's predictions as soon as it is done.
+
+        ``images`` may be a lazy iterable: it is consumed only a few batches ahead.
+        """
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
-        items = [images] if isinstance(images, (str, Path, bytes)) else list(images)
+        items = iter([images] if isinstance(images, (str, Path, bytes)) else images)
         k = min(topk, self.spec.num_classes)
-        for start in range(0, len(items), self.batch_size):
-            yield from self._predict_batch(items[start : start + self.batch_size], start, k)
+        ahead = self.batch_size * (1 + PREFETCH_BATCHES)
+        pending: collections.deque[Future] = collections.deque()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="preprocess")
+        numbered = itertools.count()
 
-    def _predict_batch(self, items: list[ImageInput], offset: int, k: int) -> list[Prediction]:
-        names, tensors, errors = [], {}, {}
-        for i, item in enumerate(items):
-            name, tensor_or_error = self._load(item, offset + i)
-            names.append(name)
-            if isinstance(tensor_or_error, str):
-                errors[i] = tensor_or_error
-            else:
-                tensors[i] = tensor_or_error
+        def refill() -> None:
+            for item in itertools.islice(items, ahead - len(pending)):
+                pending.append(pool.submit(self._load, item, next(numbered)))
+
+        try:
+            refill()
+            while pending:
+                loaded = [pending.popleft().result() for _ in range(min(self.batch_size, len(pending)))]
+                refill()  # the workers prepare the next batches while this one is inferred
+                yield from self._predict_batch(loaded, k)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _predict_batch(self, loaded: list[tuple[str, np.ndarray | str, str | None]], k: int) -> list[Prediction]:
+        tensors = {i: t for i, (_, t, _) in enumerate(loaded) if not isinstance(t, str)}
         rows = {}
         if tensors:
             probs = softmax(self.runner.infer(preprocess.stack(list(tensors.values()))))
             rows = dict(zip(tensors, probs))
         return [
-            Prediction(name, error=errors[i]) if i in errors else Prediction(name, top_scores(rows[i], self.spec.labels, k))
-            for i, name in enumerate(names)
+            Prediction(name, top_scores(rows[i], self.spec.labels, k), preprocess=mode)
+            if i in rows else Prediction(name, error=result)
+            for i, (name, result, mode) in enumerate(loaded)
         ]
 
-    def _load(self, item: ImageInput, index: int) -> tuple[str, np.ndarray | str]:
-        """(name, preprocessed CHW tensor) or (name, error message)."""
+    def _load(self, item: ImageInput, index: int) -> tuple[str, np.ndarray | str, str | None]:
+        """(name, preprocessed CHW tensor, mode) or (name, error message, None); runs in a worker."""
         if isinstance(item, bytes):
             name, data = f"<bytes #{index}>", item
         else:
@@ -137,11 +176,12 @@ class Classifier:
             try:
                 data = Path(item).read_bytes()
             except OSError as exc:
-                return name, f"cannot read: {exc.strerror or exc}"
+                return name, f"cannot read: {exc.strerror or exc}", None
         try:
-            return name, preprocess.load(data, self.spec, name)
+            tensor, mode = preprocess.load_with_mode(data, self.spec, name, fast=not self.exact)
+            return name, tensor, mode
         except ImageError as exc:
-            return name, str(exc).removeprefix(f"{name}: ")  # the Prediction names the image already
+            return name, str(exc).removeprefix(f"{name}: "), None  # the Prediction names the image already
 
     def close(self) -> None:
         """Release the runtime session."""

@@ -1,19 +1,23 @@
 """The one preprocessing every runtime shares: image bytes -> normalized (3, crop, crop) float32.
 
-It reproduces torchvision's classic evaluation pipeline on PIL images::
+Exact mode reproduces torchvision's classic evaluation pipeline on PIL images::
 
     Image.open(f).convert("RGB") -> Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize
 
-on 8-bit images without PIL or torch: bit-for-bit, except that Pillow 13 runs the
-vertical pass first for some size pairs, which moves a few pixels by one level.
-OpenCV only decodes; the resize is a numpy port of Pillow's resampler (``libImaging/Resample.c``): separable filter,
-support widened by the scale factor when downscaling (so it antialiases), 22-bit
-fixed-point weights, horizontal pass first, each pass rounded to uint8. No
-``cv2.resize`` flag gets close when a photo shrinks a lot: on 1000x1500 to 3000x2000
-images INTER_LINEAR is off by up to ~190 of 255 levels (it does not antialias) and
-INTER_AREA (a box filter, sharper than PIL's triangle) by up to ~45, while this port is
-off by 0 (``test_opencv_resize_flags_are_further_from_pil`` prints the table). Only the
-center crop is resampled, which also keeps extreme aspect ratios (1x600 -> 256x153600) cheap.
+bit for bit: OpenCV decodes (it reads EXIF orientation and 16-bit samples, and is
+faster than Pillow's decoder), then Pillow itself resizes the whole image and the
+center is cropped, exactly as torchvision does. No ``cv2.resize`` flag gets close when
+a photo shrinks a lot: on 1000x1500 to 3000x2000 images INTER_LINEAR is off by up to
+~190 of 255 levels (it does not antialias) and INTER_AREA by up to ~45
+(``test_opencv_resize_flags_are_further_from_pil`` prints the table). Normalizing goes
+through a 256-entry table per channel: the same float32 operations, done once.
+
+Fast mode (``fast=True``, the default of ``Classifier`` and ``runtimes.run``) changes
+one thing, for JPEGs whose shorter side is at least 4x ``resize_size``: the decoder
+scales by 1/2, 1/4 or 1/8 in the DCT domain (the largest that keeps the shorter side at
+least 2x ``resize_size``), and Pillow resamples only the crop window of that. A 12 MP
+photo then costs about a fifth of the exact path; the input moves by a few levels (see
+the README's table). Everything else is exact in both modes.
 
 Two deliberate differences from a plain PIL pipeline, both about the input, not the model:
 EXIF orientation is applied (a phone photo is classified upright; PIL ignores the tag
@@ -23,17 +27,20 @@ rounding (PIL takes the high byte of 16-bit RGB and clips 16-bit grayscale to 25
 
 from __future__ import annotations
 
-import math
+import functools
 import struct
 from typing import Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from runtimes.errors import ImageError, ModelSpecError
 from runtimes.spec import ModelSpec
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "load", "prepare", "stack"]
+__all__ = ["EXACT", "FAST", "IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "load", "load_with_mode", "prepare", "stack"]
+
+EXACT, FAST = "exact", "fast"  # the preprocessing an image went through
 
 # Decompression-bomb guard: a 1 KB PNG can claim 100000x100000 pixels. 2**27 (134 MP)
 # is above any common camera sensor; 16-bit RGB at that size is already 800 MB.
@@ -44,23 +51,17 @@ MAX_PIXELS = 1 << 27
 # would truncate). Any flag other than IMREAD_UNCHANGED makes OpenCV apply EXIF orientation.
 _DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights for 8-bit images
-
-
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-# name -> (support, filter), exactly Pillow's filters
-_FILTERS = {"bilinear": (1.0, _bilinear), "bicubic": (2.0, _bicubic)}
+# OpenCV >= 4.10 can decode straight to RGB. Only the fast path uses it: combined with
+# IMREAD_ANYDEPTH, OpenCV 5.0 returns zeros for 16-bit PNGs.
+_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# Pillow's resampling filters; torchvision's Resize calls Image.resize with them.
+_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+# Past this many pixels after resizing (an aspect ratio beyond 256:1), only the crop
+# window is resampled, with Pillow's box= argument: up to 2 levels off from the full
+# resize, but a 1x600 strip does not become a 256x153600 image first.
+_FULL_RESIZE_LIMIT = 1 << 24
+# DCT-domain reductions of the fast path, largest first.
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
 # ----------------------------------------------------------------------------- decode
@@ -91,6 +92,11 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PI
         raise ImageError(_too_large(name, img.shape[1], img.shape[0], max_pixels))
     img = _to_uint8(img, name)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+def _rgb_flags(flags: int) -> int:
+    """``flags`` with OpenCV's BGR color output swapped for RGB."""
+    return (flags & ~cv2.IMREAD_COLOR) | _RGB
 
 
 def _to_uint8(img: np.ndarray, name: str) -> np.ndarray:
@@ -245,18 +251,74 @@ def _jpeg_scan_offset(data: bytes) -> int | None:
 def prepare(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Resize, center-crop and normalize an RGB uint8 (H, W, 3) image to float32 (3, crop, crop)."""
     _check_rgb(rgb)
-    support, kernel = _filter_for(spec)
+    resample = _filter_for(spec)
     height, width = rgb.shape[:2]
     new_h, new_w = _resized_size(height, width, spec.resize_size)
     rows, cols = _crop_window(new_h, spec.crop_size), _crop_window(new_w, spec.crop_size)
-    img = _resample_window(rgb, new_h, new_w, rows, cols, support, kernel)
-    img = _pad_to(img, new_h, new_w, spec.crop_size)
-    return _normalize(img, spec)
+    if (new_h, new_w) == (height, width):
+        img = rgb[rows[0] : rows[1], cols[0] : cols[1]]
+    elif new_h * new_w <= _FULL_RESIZE_LIMIT:
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), resample))
+        img = resized[rows[0] : rows[1], cols[0] : cols[1]]
+    else:
+        img = _resize_window(rgb, (new_h, new_w), rows, cols, resample)
+    return _normalize(_pad_to(img, new_h, new_w, spec.crop_size), spec)
 
 
-def load(data: bytes, spec: ModelSpec, name: str = "<bytes>") -> np.ndarray:
-    """decode_image() then prepare(): image file bytes to the model's (3, crop, crop) input."""
-    return prepare(decode_image(data, name), spec)
+def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False) -> np.ndarray:
+    """Image file bytes to the model's (3, crop, crop) input: decode_image() then prepare().
+
+    ``fast`` lets a large JPEG take the DCT-domain path (see the module docstring).
+    """
+    return load_with_mode(data, spec, name, fast=fast)[0]
+
+
+def load_with_mode(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False) -> tuple[np.ndarray, str]:
+    """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
+    if fast:
+        reduction = _fast_reduction(data, spec)
+        if reduction is not None:
+            _check_header(data, name, MAX_PIXELS)  # the exact path's guards
+            tensor = _load_reduced(data, spec, reduction)
+            if tensor is not None:
+                return tensor, FAST
+    return prepare(decode_image(data, name), spec), EXACT
+
+
+def _fast_reduction(data: bytes, spec: ModelSpec) -> tuple[int, int, tuple[int, int]] | None:
+    """(factor, OpenCV flag, header (width, height)) for a JPEG big enough, else None."""
+    if _sniff_format(data) != "JPEG":
+        return None
+    try:
+        size = _jpeg_size(data)
+    except (struct.error, IndexError):
+        return None
+    if size is None:
+        return None
+    short = min(size)
+    for factor, flag in _REDUCED:
+        if short // factor >= 2 * spec.resize_size:
+            return factor, flag, size
+    return None
+
+
+def _load_reduced(data: bytes, spec: ModelSpec, reduction) -> np.ndarray | None:
+    """The fast path; None where OpenCV cannot decode (the exact path then says why)."""
+    _, flag, (width, height) = reduction
+    flags = flag if _RGB is None else _rgb_flags(flag)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    if img is None or img.size == 0:
+        return None
+    if _RGB is None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if (img.shape[0] > img.shape[1]) != (height > width):  # EXIF turned it a quarter
+        width, height = height, width
+    new_h, new_w = _resized_size(height, width, spec.resize_size)
+    rows, cols = _crop_window(new_h, spec.crop_size), _crop_window(new_w, spec.crop_size)
+    return _normalize(_resize_window(img, (new_h, new_w), rows, cols, _filter_for(spec)), spec)
 
 
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -282,7 +344,7 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ImageError(f"prepare() got an empty image of shape {rgb.shape}; an image needs at least 1x1 pixels")
 
 
-def _filter_for(spec: ModelSpec):
+def _filter_for(spec: ModelSpec) -> int:
     try:
         return _FILTERS[spec.interpolation]
     except KeyError:
@@ -314,71 +376,31 @@ def _pad_to(img: np.ndarray, new_h: int, new_w: int, crop: int) -> np.ndarray:
     return np.pad(img, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
 
 
-def _coefficients(in_size: int, out_size: int, window: tuple[int, int], support: float, kernel):
-    """Pillow's precompute_coeffs + normalize_coeffs_8bpc for output pixels in ``window``.
-
-    Returns (first input index per output pixel, fixed-point weights per tap). Float
-    operations follow Pillow's order so the rounded weights are identical.
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)  # downscaling widens the filter: this is the antialiasing
-    support = support * filterscale
-    taps = math.ceil(support) * 2 + 1
-    center = (np.arange(*window) + 0.5) * scale
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncates toward 0
-    count = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
-    k = np.arange(taps)
-    weights = kernel((k + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale))
-    weights = np.where(k < count[:, None], weights, 0.0)
-    total = np.cumsum(weights, axis=1)[:, -1:]  # sequential sum, as Pillow's loop
-    weights = weights / np.where(total == 0.0, 1.0, total)
-    fixed = np.trunc(weights * (1 << _PRECISION_BITS) + np.where(weights < 0, -0.5, 0.5)).astype(np.int32)
-    return xmin, fixed
-
-
-def _resample_axis(img: np.ndarray, xmin: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """One Pillow pass along ``axis``: weighted taps in int32, rounded and clipped to uint8."""
-    shape = [1, 1, 1]
-    shape[axis] = -1
-    acc = np.full(img.shape[:axis] + (len(xmin),) + img.shape[axis + 1 :], 1 << (_PRECISION_BITS - 1), np.int32)
-    last = img.shape[axis] - 1
-    for tap in range(weights.shape[1]):
-        w = weights[:, tap]
-        if not w.any():
-            continue
-        # taps past the window have weight 0, so clamping their index is harmless
-        acc += np.take(img, np.minimum(xmin + tap, last), axis=axis).astype(np.int32) * w.reshape(shape)
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-def _resample_window(rgb, new_h, new_w, rows, cols, support, kernel) -> np.ndarray:
-    """Pillow's resize to (new_h, new_w), computing only output ``rows`` x ``cols``."""
+def _resize_window(rgb: np.ndarray, size: tuple[int, int], rows, cols, resample: int) -> np.ndarray:
+    """The ``rows`` x ``cols`` window of ``rgb`` resized to ``size`` (h, w), resampling only that window."""
     height, width = rgb.shape[:2]
-    img = rgb
-    if new_h != height:  # only the input rows the vertical pass will read
-        ymin, yweights = _coefficients(height, new_h, rows, support, kernel)
-        first, stop = int(ymin[0]), min(height, int(ymin[-1]) + yweights.shape[1])
-        img, ymin = img[first:stop], ymin - first
-    else:
-        img = img[rows[0] : rows[1]]
-    if new_w != width:  # horizontal pass first, as Pillow does: the rounding order matters
-        img = _resample_axis(img, *_coefficients(width, new_w, cols, support, kernel), axis=1)
-    else:
-        img = img[:, cols[0] : cols[1]]
-    if new_h != height:
-        img = _resample_axis(img, ymin, yweights, axis=0)
-    return img
+    sy, sx = height / size[0], width / size[1]
+    box = (cols[0] * sx, rows[0] * sy, cols[1] * sx, rows[1] * sy)
+    out = (cols[1] - cols[0], rows[1] - rows[0])
+    return np.asarray(Image.fromarray(rgb).resize(out, resample, box=box))
 
 
 def _normalize(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """ToTensor + Normalize in float32, in the same operation order as torchvision."""
+    """ToTensor + Normalize: per channel, a table of the 256 float32 results torchvision computes."""
     order = spec.channel_order.upper()
     if order not in ("RGB", "BGR"):
         raise ModelSpecError(f"model spec asks for channel order {spec.channel_order!r}; supported: RGB, BGR")
     if order == "BGR":  # mean and std are listed in the model's channel order
         img = img[..., ::-1]
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
-    x = img.astype(np.float32) / np.float32(255.0)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    table = _normalize_table(spec.mean, spec.std)
+    out = np.empty((3, *img.shape[:2]), np.float32)
+    for channel in range(3):
+        np.take(table[channel], img[..., channel], out=out[channel])
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: ((v / 255) - mean) / std in torchvision's float32 operation order."""
+    levels = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
+    return (levels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]

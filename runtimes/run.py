@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--json", dest="json_lines", action="store_true", help="JSON Lines on stdout, one object per image")
+    parser.add_argument(
+        "--exact", action="store_true",
+        help="PIL-identical preprocessing for every image (default: large JPEGs are decoded at reduced size, faster)",
+    )
+    parser.add_argument("--workers", type=positive_int, help="preprocessing threads (default: one per CPU, at most 8)")
     parser.add_argument("--allow-fallback", action="store_true", help="cuda/tensorrt: run on CPU instead of failing")
     parser.add_argument("--device-id", type=non_negative_int, help="cuda/tensorrt: GPU index (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
@@ -137,6 +142,8 @@ def classify(
     batch_size: int = 8,
     topk: int = 5,
     json_lines: bool = False,
+    exact: bool = False,
+    workers: int | None = None,
     allow_fallback: bool = False,
     device_id: int | None = None,
     threads: int | None = None,
@@ -175,7 +182,8 @@ def classify(
             runner_options(providers[0], **given)  # before anything loads
 
         def load(name: str) -> Classifier:
-            return Classifier(model, name, batch_size=batch_size, spec=spec, **runner_options(name, lenient=lenient, **given))
+            options = runner_options(name, lenient=lenient, **given)
+            return Classifier(model, name, batch_size=batch_size, spec=spec, exact=exact, workers=workers, **options)
 
         classifier, used, skipped = first_loadable(providers, load)
         for reason in skipped:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtimes.classifier import Classifier, Prediction, softmax
+from runtimes.classifier import Classifier, softmax
 from runtimes.spec import ModelSpec
 from samples.generate import IMAGES_DIR, label_of
 
@@ -76,14 +76,44 @@ def test_softmax_is_stable_for_large_logits():
     assert probs[0, 0] == pytest.approx(1 / (1 + np.exp(-1)))
 
 
-def test_prediction_json_record():
-    ok = Prediction("a.jpg", ())
-    assert ok.to_dict() == {"image": "a.jpg", "topk": []}
-
-
 def test_import_runtimes_stays_light():
     code = "import sys, runtimes; print(sorted({'numpy', 'cv2', 'onnxruntime', 'onnx'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     code = "import runtimes; print(runtimes.Classifier.__module__)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "runtimes.classifier"
+
+
+def test_worker_threads_keep_input_order_and_isolate_bad_images(demo_export, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(SAMPLES[0].read_bytes()[:500])
+    inputs = [*SAMPLES[:5], broken, tmp_path / "missing.jpg", *SAMPLES[5:12], b"not an image", *SAMPLES[12:]]
+    with Classifier(demo_export.path, "cpu", batch_size=3, workers=1) as serial:
+        expected = serial.predict(inputs)
+    with Classifier(demo_export.path, "cpu", batch_size=3, workers=4) as pooled:
+        got = pooled.predict(inputs)
+    assert [p.image for p in got] == [p.image for p in expected] == [
+        str(i) if not isinstance(i, bytes) else "<bytes #14>" for i in inputs
+    ]
+    assert [p.ok for p in got].count(False) == 3 and [p.error for p in got] == [p.error for p in expected]
+    assert [[s.index for s in p.topk] for p in got] == [[s.index for s in p.topk] for p in expected]
+    assert [label_of(p.image) for p in got if p.ok] == [p.topk[0].label for p in got if p.ok]
+
+
+def test_a_lazy_input_is_read_only_a_few_batches_ahead(classifier):
+    from runtimes.classifier import PREFETCH_BATCHES
+
+    pulled = []
+
+    def images():
+        for i in range(40):
+            pulled.append(i)
+            yield SAMPLES[i % len(SAMPLES)]
+
+    stream = classifier.iter_predict(images())
+    first = next(stream)
+    assert first.ok
+    # Memory stays bounded: at the first result, only the prefetch window was read.
+    assert len(pulled) <= classifier.batch_size * (1 + PREFETCH_BATCHES) + classifier.batch_size
+    stream.close()
+    assert len(pulled) < 40

@@ -61,7 +61,8 @@ def test_json_lines_schema_and_glob(demo_export, images, capsys):
     records = [json.loads(line) for line in lines]
     assert sorted(Path(r["image"]).name for r in records) == sorted(GOOD)
     for record in records:
-        assert set(record) == {"image", "topk"}
+        assert set(record) == {"image", "topk", "preprocess"}
+        assert record["preprocess"] == "exact"  # small JPEGs: nothing for the fast path to gain
         assert [set(t) for t in record["topk"]] == [{"index", "label", "prob"}] * 3
         probs = [t["prob"] for t in record["topk"]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
