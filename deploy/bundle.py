@@ -33,16 +33,11 @@ from runtimes.atomic import write_bytes
 from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, sha256_file
 from runtimes.errors import BundleError
 from runtimes.reference import reference_path_for
-from runtimes.spec import DEFAULT_MODEL, ModelSpec
+from runtimes.spec import DEFAULT_MODEL, ModelSpec, variant_path
 from runtimes.versions import package_version
 
 VARIANTS = ("fp16", "int8")
 REFERENCE = "reference.npz"
-
-
-def variant_path(model: Path, precision: str) -> Path:
-    """``dir/googlenet.onnx`` -> ``dir/googlenet.fp16.onnx``."""
-    return model.with_name(f"{model.stem}.{precision}{model.suffix}")
 
 
 def _ort_version() -> str:
@@ -54,7 +49,7 @@ def _ort_version() -> str:
 
 def requirements(target: str) -> list[str]:
     """Pinned requirement lines for ``target``: the versions this machine verified the model with."""
-    pins = [f"numpy=={package_version('numpy')}", f"opencv-python-headless=={package_version('opencv-python-headless')}"]
+    pins = [f"{name}=={package_version(name)}" for name in ("numpy", "opencv-python-headless", "pillow")]
     if target == "cpu":
         pins.append(f"onnxruntime=={_ort_version()}")
     elif target in ("cuda", "tensorrt"):

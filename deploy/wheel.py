@@ -19,7 +19,7 @@ import runtimes
 DISTRIBUTION = "googlenet-deploy-runtime"
 # What importing runtimes needs on any device; the runtime itself is chosen per target
 # in the bundle's requirements.txt.
-REQUIRES = ("numpy>=2.0", "opencv-python-headless>=4.10")
+REQUIRES = ("numpy>=2.0", "opencv-python-headless>=4.10", "pillow>=10")
 SUMMARY = "Torch-free runtimes for GoogLeNet models exported by googlenet-deploy."
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 

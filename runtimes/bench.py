@@ -1,9 +1,14 @@
-"""Latency of each runtime on the same model, one runtime at a time, plus CLI cold start.
+"""What people choose a runtime by: latency percentiles and throughput per runtime,
+precision and batch size, against the hardware limit; throughput from image files; cold start.
 
-    python -m runtimes.bench [--providers cpu,openvino,opencv,torch] [--iterations 50] [--json]
+    python -m runtimes.bench [--providers cpu,openvino,opencv,torch] [--batch-sizes 1,8,32]
+        [--precisions fp32,fp16,int8] [--iterations 50 | --seconds 5] [--images DIR]
+        [--json] [--plot bench.png]
 
-Each runner is closed before the next loads, so no two thread pools compete for the
-cores. Speed targets are checked here, not in timed unit tests.
+Rows run one at a time, each runner closed before the next loads, so no two thread
+pools compete for the cores. The PyTorch row is the reference. The hardware limit is
+FLOPs per image over the measured fp32 GEMM peak of these cores (``runtimes.roofline``).
+Speed targets are checked here, not in timed unit tests.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from typing import Any
 from runtimes.cli import non_negative_int, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
 
-DEFAULT_PROVIDERS = ("cpu", "openvino", "opencv", "torch")
+DEFAULT_PROVIDERS = ("torch", "cpu", "openvino", "opencv")
 COLD_START_RUNS = 5
+MIN_TIMED_CALLS = 3
+NAMES = {"torch": "PyTorch eager (reference)", "cpu": "ONNX Runtime CPU", "cuda": "ONNX Runtime CUDA",
+         "tensorrt": "ONNX Runtime TensorRT", "openvino": "OpenVINO", "opencv": "OpenCV DNN"}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -37,9 +45,14 @@ def bench_runtime(
     batch_size: int = 1,
     iterations: int = 50,
     warmup: int = 5,
+    seconds: float | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Median and p90 latency (ms) and throughput (images/s) of ``provider``; a skip names its reason."""
+    """p50/p90/p99 latency (ms) and images/s of ``provider``; a skip names its reason.
+
+    Times ``iterations`` calls, or with ``seconds`` as many as fit in that budget (at
+    least 3) after ``warmup`` untimed ones.
+    """
     import numpy as np
 
     from runtimes.adapters import create_runner, unavailable_reason
@@ -49,13 +62,13 @@ def bench_runtime(
         raise ValueError(f"need batch_size >= 1, iterations >= 1, warmup >= 0; got {batch_size}, {iterations}, {warmup}")
     reason = unavailable_reason(provider)
     if reason is not None:
-        return {"provider": provider, "skipped": reason}
+        return {"provider": provider, "batch_size": batch_size, "skipped": reason}
     runner = create_runner(provider, model, batch_size=batch_size, **(options or {}))
     started = time.perf_counter()
     try:
         runner.load()
     except ToolkitError as exc:  # one runtime failing must not cost the others' numbers
-        return {"provider": provider, "skipped": f"failed to load: {exc}"}
+        return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to load: {exc}"}
     with runner:
         load_s = time.perf_counter() - started
         size = runner.spec.crop_size
@@ -63,22 +76,25 @@ def bench_runtime(
         try:
             for _ in range(warmup):
                 runner.infer(batch)
-            times = []
-            for _ in range(iterations):
+            times: list[float] = []
+            deadline = None if seconds is None else time.perf_counter() + seconds
+            while (len(times) < iterations) if deadline is None else (time.perf_counter() < deadline or len(times) < MIN_TIMED_CALLS):
                 t0 = time.perf_counter()
                 runner.infer(batch)
                 times.append(time.perf_counter() - t0)
         except ToolkitError as exc:
-            return {"provider": provider, "skipped": f"failed to run: {exc}"}
+            return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to run: {exc}"}
         active = runner.active_providers()
     median = statistics.median(times)
     return {
         "provider": provider,
         "runs_on": active,
         "batch_size": batch_size,
+        "calls": len(times),
         "load_s": round(load_s, 3),
         "median_ms": round(median * 1e3, 2),
         "p90_ms": round(_percentile(times, 0.9) * 1e3, 2),
+        "p99_ms": round(_percentile(times, 0.99) * 1e3, 2),
         "images_per_s": round(batch_size / median, 1),
     }
 
@@ -113,59 +129,235 @@ def cold_start(model: Path, runs: int = COLD_START_RUNS) -> dict[str, Any]:
     }
 
 
-def _print_table(results: list[dict[str, Any]], cold: dict[str, Any] | None) -> None:
-    print(f"{'runtime':<10} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'load s':>7}  runs on")
-    for r in results:
+class Progress:
+    """``[3/12] openvino fp32 batch 8`` on one redrawn stderr line, only on a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.enabled = total, 0, sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K[{self.done}/{self.total}] {what}")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [
+        f"{machine['model']} ({', '.join(machine['flags'])}), {machine['physical_cores']} cores; "
+        f"{report['flops_per_image'] / 1e9:.2f} GFLOPs per image; measured fp32 GEMM peak "
+        f"{report['gemm_peak_gflops']:.0f} GFLOP/s, so at best {report['bound_ms_per_image']:.2f} ms per image",
+        "",
+        "| runtime | precision | batch | p50 ms | p90 ms | p99 ms | images/s | of hardware limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        name = NAMES.get(r["provider"], r["provider"])
         if "skipped" in r:
-            print(f"{r['provider']:<10} skipped: {r['skipped']}")
+            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {r['skipped'][:120]} ||||||")
+            continue
+        lines.append(
+            f"| {name} | {r['precision']} | {r['batch_size']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['of_limit']:.0%} |"
+        )
+    files = report.get("files")
+    if files:
+        run = files["runtimes_run"]
+        lines += [
+            "",
+            f"From files: {files['images']} images in {files['folder']}, provider {files['provider']}, "
+            f"batch {files['batch_size']}, {'exact' if files['exact'] else 'default (fast)'} preprocessing",
+            "",
+            "| stage | images/s |",
+            "|---|---|",
+            f"| read + decode + preprocess alone ({files['decode']['workers']} threads) | {files['decode']['images_per_s']:.1f} |",
+            f"| inference alone | {files['inference_images_per_s']:.1f} |",
+            f"| shared-core bound 1 / (decode s + inference s) | {files['bound_images_per_s']:.1f} |",
+        ]
+        if "error" in run:
+            lines.append(f"| `runtimes.run` end to end | failed: {run['error']} |")
         else:
-            print(
-                f"{r['provider']:<10} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['images_per_s']:>9.1f} "
-                f"{r['load_s']:>7.2f}  {', '.join(r['runs_on'])}"
+            lines.append(
+                f"| `runtimes.run` end to end | {run['images_per_s']:.1f} ({files['of_bound']:.0%} of the bound; "
+                f"peak memory {run['peak_rss_mb']} MB) |"
             )
-    if cold is not None:
-        if "error" in cold:
-            print(f"cold start: {cold['error']}")
-        else:
-            print(
-                f"cold start of `python -m runtimes.run` to first result: median {cold['median_s']:.3f} s "
-                f"(min {cold['min_s']:.3f} s, {cold['runs']} runs); torch imported: {cold['torch_imported']}"
-            )
+    cold = report.get("cold_start")
+    if cold:
+        lines.append("")
+        lines.append(
+            f"cold start: {cold['error']}" if "error" in cold else
+            f"Cold start of `python -m runtimes.run` to its first result: median {cold['median_s']:.3f} s "
+            f"of {cold['runs']} runs; torch imported: {cold['torch_imported']}"
+        )
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    """Latency and throughput against batch size, one line per runtime and precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtimes.atomic import write_bytes
+
+    fig, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in report["rows"]:
+        if "skipped" not in r:
+            series.setdefault((r["provider"], r["precision"]), []).append(r)
+    for (provider, precision), rows in series.items():
+        label = f"{NAMES.get(provider, provider)} {precision}"
+        batches = [r["batch_size"] for r in rows]
+        latency.plot(batches, [r["median_ms"] for r in rows], marker="o", label=label)
+        throughput.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=label)
+    limit = 1e3 / report["bound_ms_per_image"]
+    throughput.axhline(limit, color="gray", linestyle="--", label="hardware limit")
+    for ax, title, unit in ((latency, "latency (p50)", "ms per call"), (throughput, "throughput", "images/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    throughput.legend(fontsize=8)
+    fig.suptitle(f"{Path(report['model']).name} on {report['machine']['model']}, {report['machine']['physical_cores']} cores")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def _csv(text: str, kind=str) -> list:
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtimes.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"ONNX model (default: {DEFAULT_MODEL})")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS), help="comma-separated runtimes")
-    parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per runtime (default: 50)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
+    parser.add_argument("--precisions", default="fp32", help="fp32 and variants beside the model: fp16, int8 (default: fp32)")
+    parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per row (default: 50)")
+    parser.add_argument("--seconds", type=float, help="time budget per row instead of --iterations")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls first (default: 5)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per call (default: 1)")
-    parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
+    parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one named beside the model)")
+    parser.add_argument("--images", type=Path, help="a folder of images: decode, inference and end-to-end throughput")
+    parser.add_argument("--files-batch-size", type=positive_int, default=8, help="batch size for --images (default: 8)")
+    parser.add_argument("--exact", action="store_true", help="--images: exact preprocessing instead of the default")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold-start measurement")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a markdown table")
+    parser.add_argument("--plot", type=Path, help="write latency and throughput per runtime and batch to this PNG")
     args = parser.parse_args(argv)
+    try:
+        batch_sizes = _csv(args.batch_sizes, int)
+    except ValueError:
+        parser.error(f"argument --batch-sizes: not a list of integers: {args.batch_sizes!r}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        parser.error("argument --batch-sizes: must be at least 1")
+    if args.seconds is not None and args.seconds <= 0:
+        parser.error("argument --seconds: must be positive")
 
     from runtimes.adapters import runner_class
-    from runtimes.spec import require_model
+    from runtimes.adapters.ort_common import physical_cores
+    from runtimes.roofline import cpu_info, gemm_peak_gflops, model_flops
+    from runtimes.spec import require_model, variant_path
+    from runtimes.tolerances import BY_PRECISION
+    from runtimes.versions import package_versions
 
     require_model(args.model)
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    providers, precisions = _csv(args.providers), _csv(args.precisions)
     for provider in providers:  # a typo fails before minutes of measuring, not after
         runner_class(provider)
-    results = []
-    for provider in providers:
-        options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
-        results.append(
-            bench_runtime(
-                provider, args.model, batch_size=args.batch_size, iterations=args.iterations, warmup=args.warmup, options=options
-            )
-        )
-    cold = None if args.no_cold_start else cold_start(args.model)
-    if args.json:
-        print(json.dumps({"model": str(args.model), "runtimes": results, "cold_start": cold}, indent=2))
-    else:
-        _print_table(results, cold)
+    for precision in precisions:
+        if precision not in BY_PRECISION:
+            parser.error(f"argument --precisions: unknown {precision!r}; known: {', '.join(BY_PRECISION)}")
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"argument --images: {args.images} is not a folder")
+
+    threads = physical_cores()
+    plan = [(p, prec, b) for prec in precisions for p in providers for b in batch_sizes]
+    progress = Progress(len(plan) + 2 + (args.images is not None) + (not args.no_cold_start))
+    progress.step("counting FLOPs and measuring the GEMM peak")
+    flops = model_flops(args.model)
+    peak = gemm_peak_gflops(threads)
+    bound_ms = flops / (peak * 1e9) * 1e3
+    rows = []
+    for provider, precision, batch in plan:
+        progress.step(f"{provider} {precision} batch {batch}")
+        path = variant_path(args.model, precision)
+        if provider == "torch" and precision != "fp32":
+            row = {"provider": provider, "batch_size": batch, "skipped": "the PyTorch reference runs fp32 only"}
+        elif not path.is_file():
+            row = {"provider": provider, "batch_size": batch, "skipped": f"no {precision} variant at {path}"}
+        else:
+            options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
+            row = bench_runtime(provider, path, batch_size=batch, iterations=args.iterations, warmup=args.warmup,
+                                seconds=args.seconds, options=options)
+        row["precision"] = precision
+        if "skipped" not in row:
+            row["of_limit"] = round(bound_ms / (row["median_ms"] / batch), 3)
+        rows.append(row)
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "machine": cpu_info(),
+        "threads": threads,
+        "versions": package_versions("onnxruntime-gpu", "onnxruntime", "openvino", "opencv-python-headless", "numpy", "pillow", "torch"),
+        "flops_per_image": flops,
+        "gemm_peak_gflops": round(peak, 1),
+        "bound_ms_per_image": round(bound_ms, 3),
+        "rows": rows,
+    }
+    if args.images is not None:
+        progress.step(f"throughput from the files in {args.images}")
+        report["files"] = _files_report(args, providers, rows)
+    if not args.no_cold_start:
+        progress.step("cold start")
+        report["cold_start"] = cold_start(args.model)
+    progress.clear()
+    print(json.dumps(report, indent=2) if args.json else _markdown(report))
+    if args.plot:
+        _plot(report, args.plot)
     return 0
+
+
+def _files_report(args, providers: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from runtimes.classifier import default_workers
+    from runtimes.errors import ImageError
+    from runtimes.files_bench import decode_only, image_files, run_cli
+    from runtimes.spec import ModelSpec
+
+    provider = next((p for p in providers if p != "torch"), "cpu")
+    files = image_files(args.images)
+    if not files:
+        raise ImageError(f"--images {args.images} holds no images")
+    batch = args.files_batch_size
+    decode = decode_only(files, ModelSpec.from_onnx(args.model), exact=args.exact, workers=default_workers())
+    inference = next((r for r in rows if r["provider"] == provider and r["precision"] == "fp32"
+                      and r["batch_size"] == batch and "skipped" not in r), None)
+    if inference is None:
+        inference = bench_runtime(provider, args.model, batch_size=batch, iterations=10, warmup=2)
+    bound = 1 / (1 / decode["images_per_s"] + 1 / inference["images_per_s"])
+    run = run_cli(args.model, args.images, provider=provider, batch_size=batch, exact=args.exact)
+    return {
+        "folder": str(args.images),
+        "images": len(files),
+        "provider": provider,
+        "batch_size": batch,
+        "exact": args.exact,
+        "decode": decode,
+        "inference_images_per_s": inference["images_per_s"],
+        "bound_images_per_s": round(bound, 2),
+        "runtimes_run": run,
+        "of_bound": round(run["images_per_s"] / bound, 3) if "images_per_s" in run else None,
+    }
 
 
 if __name__ == "__main__":

@@ -98,6 +98,12 @@ class ModelSpec:
         return cls.from_json(metadata[METADATA_KEY], source=source)
 
 
+def variant_path(model: str | Path, precision: str) -> Path:
+    """Where the ``precision`` variant of ``model`` lives: ``dir/googlenet.onnx`` -> ``dir/googlenet.fp16.onnx``."""
+    model = Path(model)
+    return model if precision == "fp32" else model.with_name(f"{model.stem}.{precision}{model.suffix}")
+
+
 def require_model(path: str | Path) -> Path:
     """``path`` as a Path if it is a file; else a ModelSpecError that says how to make one."""
     path = Path(path)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bundle import build_bundle, variant_path
+from deploy.bundle import build_bundle
+from runtimes.spec import variant_path
 from runtimes.bundle import FORMAT, MANIFEST, open_bundle
 from runtimes.classifier import Classifier
 from runtimes.errors import BundleError

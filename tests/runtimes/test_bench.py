@@ -2,18 +2,68 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from runtimes.adapters import unavailable_reason
 from runtimes.bench import bench_runtime, cold_start, main
 from runtimes.errors import ProviderError
+from runtimes.roofline import model_flops
+from samples.generate import IMAGES_DIR
 
 
-def test_bench_runtime_reports_latency_and_what_ran(demo_export):
-    result = bench_runtime("cpu", demo_export.path, iterations=3, warmup=1)
-    assert result["runs_on"] == ["CPUExecutionProvider"] and result["batch_size"] == 1
-    assert 0 < result["median_ms"] <= result["p90_ms"]
-    assert result["images_per_s"] > 0
+def test_a_time_budget_replaces_the_iteration_count(demo_export):
+    started = time.perf_counter()
+    result = bench_runtime("cpu", demo_export.path, iterations=1, warmup=0, seconds=0.4)
+    assert time.perf_counter() - started >= 0.4 and result["calls"] >= 3
+    assert result["runs_on"] == ["CPUExecutionProvider"]
+    assert result["median_ms"] <= result["p90_ms"] <= result["p99_ms"]
+
+
+def test_graph_flops_equal_pytorchs_count_plus_the_lrn_window_sums(paper_export, paper_ckpt):
+    """An independent count: PyTorch's FlopCounterMode on the source model. The exported
+    graph adds the two 1x1 window-sum convolutions that replaced LRN (64 and 192 channels at 56x56)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from converters.checkpoint import build_model, load_checkpoint
+
+    model = build_model(load_checkpoint(paper_ckpt))
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, 224, 224))
+    window_sums = 2 * 56 * 56 * (64 * 64 + 192 * 192)
+    assert model_flops(paper_export.path) == counter.get_total_flops() + window_sums
+
+
+def test_a_tiny_run_writes_every_output(demo_export, demo_ckpt, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(IMAGES_DIR.glob("*.jpg"))[:6]:
+        (images / path.name).write_bytes(path.read_bytes())
+    plot = tmp_path / "bench.png"
+    args = ["--model", str(demo_export.path), "--ckpt", str(demo_ckpt), "--providers", "torch,cpu", "--batch-sizes", "1,2",
+            "--precisions", "fp32,fp16", "--iterations", "2", "--warmup", "0", "--images", str(images),
+            "--files-batch-size", "2", "--plot", str(plot), "--no-cold-start"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"]["model"] and report["machine"]["physical_cores"] >= 1 and "onnxruntime-gpu" in report["versions"]
+    plan = [(r["provider"], r["precision"], r["batch_size"]) for r in report["rows"]]
+    assert plan == [(p, prec, b) for prec in ("fp32", "fp16") for p in ("torch", "cpu") for b in (1, 2)]
+    measured = [r for r in report["rows"] if "skipped" not in r]
+    assert [(r["provider"], r["precision"]) for r in measured] == [("torch", "fp32")] * 2 + [("cpu", "fp32")] * 2
+    assert all(r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and 0 < r["of_limit"] < 2 for r in measured)
+    assert report["bound_ms_per_image"] == pytest.approx(report["flops_per_image"] / report["gemm_peak_gflops"] / 1e6, rel=1e-2)
+    files = report["files"]
+    assert files["images"] == 6 and files["runtimes_run"]["images"] == 6 and files["runtimes_run"]["failed"] == 0
+    assert files["bound_images_per_s"] < min(files["decode"]["images_per_s"], files["inference_images_per_s"])
+    assert files["runtimes_run"]["peak_rss_mb"] > 50
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| ONNX Runtime CPU | fp32 | 2 |" in table and "| PyTorch eager (reference) | fp16 | 1 | skipped" in table
+    assert "shared-core bound" in table and "GEMM peak" in table
 
 
 def test_an_unusable_runtime_is_skipped_with_its_reason(demo_export, paper_ckpt):
@@ -39,7 +89,7 @@ def test_a_model_a_runtime_cannot_load_is_skipped_not_fatal(provider, tmp_path):
     assert result["skipped"].startswith(f"failed to load: {provider}: "), result
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--iterations", "0"), ("--batch-size", "0"), ("--warmup", "-1")])
+@pytest.mark.parametrize(("flag", "value"), [("--iterations", "0"), ("--batch-sizes", "0"), ("--warmup", "-1")])
 def test_counts_out_of_range_are_usage_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         main([flag, value])

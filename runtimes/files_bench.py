@@ -1,0 +1,87 @@
+"""Throughput from image files: decode-only, inference-only, and ``runtimes.run`` end to end.
+
+The shared-core bound is what a perfect pipeline on these cores could reach when decode
+and inference take turns on the same cores: ``1 / (decode s/image + inference s/image)``,
+each measured alone with all cores. ``runtimes.run`` overlaps the two in threads; its
+share of the bound says how well.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+def image_files(folder: Path) -> list[Path]:
+    from runtimes.run import collect_images
+
+    return collect_images([str(folder)])
+
+
+def decode_only(files: list[Path], spec, *, exact: bool, workers: int) -> dict[str, Any]:
+    """Images/s of reading, decoding and preprocessing alone, on ``workers`` threads."""
+    from runtimes.preprocess import load_with_mode
+
+    def one(path: Path) -> str:
+        return load_with_mode(path.read_bytes(), spec, str(path), fast=not exact)[1]
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, files[: min(4, len(files))]))  # warm the code paths and page cache
+        started = time.perf_counter()
+        modes = list(pool.map(one, files))
+        seconds = time.perf_counter() - started
+    return {"images_per_s": round(len(files) / seconds, 2), "workers": workers, "modes": sorted(set(modes))}
+
+
+# Runs `python -m runtimes.run` and reports its own peak RSS on stderr as it exits.
+_MEASURED = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "sys.argv[0] = 'runtimes.run'\n"
+    "runpy.run_module('runtimes.run', run_name='__main__')\n"
+)
+
+
+def _timed(args: list[str]) -> tuple[float, list[str], int | None, str]:
+    """(seconds from spawn to exit, stdout lines, peak RSS in kB, stderr) of one measured run."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("peak_rss_kb ")), None)
+    return seconds, proc.stdout.splitlines(), peak, proc.stderr
+
+
+def run_cli(model: Path, folder: Path, *, provider: str, batch_size: int, exact: bool) -> dict[str, Any]:
+    """``python -m runtimes.run --json`` on ``folder``: images/s and the process's peak memory.
+
+    Start-up (imports, model load) is measured on one small image and subtracted, so
+    the figure is the pipeline's throughput, comparable with decode-only and inference-only.
+    """
+    import cv2
+    import numpy as np
+
+    options = ["--json", "--model", str(model), "--provider", provider, "--batch-size", str(batch_size)]
+    options += ["--exact"] if exact else []
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small.jpg"
+        small.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes())
+        startup = min(_timed([*options, str(small)])[0] for _ in range(2))
+    seconds, lines, peak_kb, stderr = _timed([*options, str(folder)])
+    records = [json.loads(line) for line in lines]
+    if not records:
+        return {"error": stderr.strip().splitlines()[-1] if stderr.strip() else "no output"}
+    return {
+        "images": len(records),
+        "failed": sum("error" in r for r in records),
+        "modes": sorted({r.get("preprocess") for r in records if "preprocess" in r}),
+        "seconds": round(seconds, 3),
+        "startup_s": round(startup, 3),
+        "images_per_s": round(len(records) / max(seconds - startup, 1e-9), 2),
+        "peak_rss_mb": round(peak_kb / 1024, 1) if peak_kb else None,
+    }
