@@ -218,8 +218,11 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         throughput.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=label)
     limit = 1e3 / report["bound_ms_per_image"]
     throughput.axhline(limit, color="gray", linestyle="--", label="hardware limit")
+    batch_sizes = sorted({r["batch_size"] for rows in series.values() for r in rows})
+    latency.set_yscale("log")
     for ax, title, unit in ((latency, "latency (p50)", "ms per call"), (throughput, "throughput", "images/s")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
         ax.set_xlabel("batch size")
         ax.set_ylabel(unit)
         ax.set_title(title)

@@ -40,9 +40,16 @@ def decode_only(files: list[Path], spec, *, exact: bool, workers: int) -> dict[s
 
 
 # Runs `python -m runtimes.run` and reports its own peak RSS on stderr as it exits.
+# Linux's VmHWM belongs to the process image; ru_maxrss would also count the RSS of the
+# parent the child was forked from (Linux keeps it across exec).
 _MEASURED = (
-    "import atexit, resource, runpy, sys\n"
-    "atexit.register(lambda: print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "import atexit, re, resource, runpy, sys\n"
+    "def peak():\n"
+    "    try:\n"
+    "        return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    "    except (OSError, AttributeError):\n"
+    "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "atexit.register(lambda: print('peak_rss_kb', peak(), file=sys.stderr))\n"
     "sys.argv[0] = 'runtimes.run'\n"
     "runpy.run_module('runtimes.run', run_name='__main__')\n"
 )
