@@ -93,6 +93,31 @@ def probe_runtimes(model: Path) -> dict[str, str]:
     return results
 
 
+def precision_report() -> list[str]:
+    """Which precisions each CPU runtime can run fast here, from the CPU's flags and OpenVINO's own report."""
+    from runtimes.roofline import cpu_info
+
+    info = cpu_info()
+    flags = set(info["flags"])
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    lines = [f"CPU: {info['model']}, {info['physical_cores']} cores; {', '.join(info['flags']) or 'no AVX flags'}"]
+    int8 = (f"int8 (QDQ): fast, {'/'.join(vnni)}" if vnni else
+            "int8 (QDQ): runs, but without VNNI uint8 x int8 products can saturate: check accuracy with runtimes.evaluate")
+    lines.append(f"cpu       fp32; {int8}; fp16 variants run; whether faster depends on the CPU (runtimes.bench --precisions fp32,fp16)")
+    try:
+        import openvino as ov
+
+        capabilities = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        supported = ["f32"] + [name for cap, name in (("BF16", "bf16"), ("FP16", "f16"), ("INT8", "int8 (QDQ)")) if cap in capabilities]
+        note = "" if "FP16" in capabilities else "; --precision f16 runs as bf16" if "BF16" in capabilities else "; f16/bf16 run as f32"
+        lines.append(f"openvino  {', '.join(supported)} (OpenVINO's CPU capabilities{', ' + '/'.join(bf16) if bf16 else ''}){note}")
+    except Exception as exc:  # not installed, or no CPU plugin
+        lines.append(f"openvino  unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    lines.append("opencv    fp32; the fp16 variant made by ONNX Runtime's converter does not import")
+    return lines
+
+
 def gpu_report() -> list[str]:
     """Lines on the NVIDIA driver, GPUs and each CUDA, cuDNN and TensorRT library."""
     from runtimes.adapters import nvidia
@@ -119,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     print("runtimes (each ran a tiny model)")
     for name, result in results.items():
         print(f"  {name:<9} {result}")
+    print("precisions on this CPU")
+    for line in precision_report():
+        print(f"  {line}")
     print("NVIDIA (onnxruntime-gpu 1.31 expects CUDA 13, cuDNN 9, TensorRT 10)")
     for line in gpu_report():
         print(f"  {line}")

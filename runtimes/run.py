@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device-id", type=non_negative_int, help="cuda/tensorrt: GPU index (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
     parser.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
+    parser.add_argument("--precision", choices=("f32", "bf16", "f16"), help="openvino: inference precision (default: f32, which keeps parity)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
     return parser
 
@@ -148,6 +149,7 @@ def classify(
     device_id: int | None = None,
     threads: int | None = None,
     fp16: bool = False,
+    precision: str | None = None,
     ckpt: Path | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -164,7 +166,7 @@ def classify(
     from runtimes.preprocess import IMAGE_EXTENSIONS
 
     out, err = out or sys.stdout, err or sys.stderr
-    given = dict(threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16)
+    given = dict(threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16, precision=precision)
     if bundle is None and variant is not None:
         raise ProviderError("--variant picks a model inside a bundle; pass --bundle DIR too")
     paths = collect_images(images)

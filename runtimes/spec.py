@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtimes.errors import ModelSpecError
@@ -46,6 +46,9 @@ class ModelSpec:
     # which the torch reference runner checks before it answers for this model.
     checkpoint_name: str = ""
     checkpoint_sha256: str = ""
+    # For an fp16 or int8 variant: how it was made from its fp32 parent (parent_sha256,
+    # and for int8 the calibration method, image count and a hash of the file list).
+    variant: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -160,4 +163,5 @@ _FIELD_TYPES = {  # field -> (converter, what the message says was expected)
     "precision": (_of_type(str), "a string"),
     "checkpoint_name": (_of_type(str), "a string"),
     "checkpoint_sha256": (_of_type(str), "a string"),
+    "variant": (_of_type(dict), "an object"),
 }

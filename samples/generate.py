@@ -158,11 +158,33 @@ def write_samples(out_dir: Path = IMAGES_DIR, per_class: int = SAMPLES_PER_CLASS
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Rewrite the committed demo images and labels.txt.")
-    parser.add_argument("--per-class", type=int, default=SAMPLES_PER_CLASS)
-    args = parser.parse_args()
-    paths = write_samples(per_class=args.per_class)
+def write_dataset(out: Path, per_class: int, seed: int) -> list[Path]:
+    """An ImageFolder of fresh demo images: ``out/<class>/<class>_<k>.jpg``, ``per_class`` each."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for label, name in enumerate(CLASSES):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            path = out / name / f"{name}_{k}.jpg"
+            path.write_bytes(encode_jpeg(make_image(rng, label)))
+            paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m samples.generate",
+        description="Rewrite the committed demo images and labels.txt, or with --out write a labelled folder of fresh ones.",
+    )
+    parser.add_argument("--per-class", type=int, default=None, help="images per class")
+    parser.add_argument("--out", type=Path, help="write an ImageFolder (one subfolder per class) here instead")
+    parser.add_argument("--seed", type=int, default=None, help="with --out: the images' seed (default: 2024)")
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        paths = write_dataset(args.out, args.per_class or 50, 2024 if args.seed is None else args.seed)
+        print(f"wrote {len(paths)} images in {len(CLASSES)} class folders to {args.out}")
+        return
+    paths = write_samples(per_class=args.per_class or SAMPLES_PER_CLASS)
     LABELS_FILE.write_text("".join(f"{name}\n" for name in CLASSES))
     total = sum(p.stat().st_size for p in paths)
     print(f"wrote {len(paths)} images to {IMAGES_DIR} ({total / 1024:.0f} KiB) and {LABELS_FILE}")

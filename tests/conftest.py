@@ -56,3 +56,23 @@ def demo_export(tmp_path_factory, demo_ckpt):
     from samples.generate import LABELS_FILE
 
     return export(demo_ckpt, tmp_path_factory.mktemp("demo") / "demo.onnx", labels=LABELS_FILE)
+
+
+@pytest.fixture(scope="session")
+def demo_int8(tmp_path_factory, demo_export):
+    """The demo model's int8 variant, calibrated on 108 fresh demo images (not the evaluation ones)."""
+    from converters.quantize import quantize
+    from samples.generate import write_dataset
+
+    calib = write_dataset(tmp_path_factory.mktemp("calib"), per_class=12, seed=31)[0].parents[1]
+    return quantize(demo_export.path, "int8", calib=calib, out=demo_export.path.with_name("demo.int8.onnx"))
+
+
+@pytest.fixture(scope="session")
+def fresh_images(tmp_path_factory) -> Path:
+    """An ImageFolder of 90 fresh demo images (10 per class), for accuracy."""
+    from samples.generate import write_dataset
+
+    folder = tmp_path_factory.mktemp("fresh")
+    write_dataset(folder, per_class=10, seed=77)
+    return folder

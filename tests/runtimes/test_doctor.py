@@ -58,3 +58,17 @@ def test_doctor_versions_come_from_metadata_without_importing_the_libraries():
     assert versions["onnxruntime"].split()[1] in ("(onnxruntime-gpu)", "(onnxruntime)")
     if not HAS_OPENVINO:
         assert versions["openvino"] == "not installed"
+
+
+def test_precision_report_follows_the_cpu_flags():
+    from pathlib import Path
+
+    from runtimes.doctor import precision_report
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    lines = precision_report()
+    cpu_line = next(line for line in lines if line.startswith("cpu "))
+    has_vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    assert ("int8 (QDQ): fast" in cpu_line) == has_vnni
+    assert ("can saturate" in cpu_line) == (not has_vnni)

@@ -15,7 +15,7 @@ from converters.checkpoint import build_model, load_checkpoint
 from converters.parity import compare
 from runtimes import preprocess
 from runtimes.adapters import create_runner, unavailable_reason
-from runtimes.tolerances import FP16, FP32
+from runtimes.tolerances import BF16, FP16, FP32, for_precision
 from samples.generate import IMAGES_DIR
 
 BATCHES = (1, 4)
@@ -38,6 +38,7 @@ MATRIX = [
     _param("tensorrt", {}, FP32),
     _param("tensorrt", {"fp16": True}, FP16, "tensorrt-fp16"),
     _param("openvino", {}, FP32),
+    _param("openvino", {"precision": "bf16"}, BF16, "openvino-bf16"),
     _param("opencv", {}, FP32),
     _param("torch", {}, FP32),
 ]
@@ -70,3 +71,28 @@ def test_runtime_matches_pytorch(provider, options, tol, demo_ckpt, demo_export,
             print(f"{provider} {options or ''} {stats.summary()}")
             assert stats.violations == 0, f"{provider}: {stats.summary()} (atol={tol.atol}, rtol={tol.rtol})"
             assert stats.top1_agreement == 1.0, f"{provider}: top-1 differs from PyTorch: {stats.summary()}"
+
+
+@pytest.fixture(scope="module")
+def demo_fp16(demo_export):
+    from tests.helpers import save_fp16_variant
+
+    return save_fp16_variant(demo_export.path, demo_export.path.with_name("demo.fp16.onnx"))
+
+
+def _provider(name: str):
+    reason = unavailable_reason(name)
+    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
+
+
+@pytest.mark.parametrize("provider", [_provider("cpu"), _provider("openvino")])
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_variant_files_match_pytorch_within_their_precision(variant, provider, request, jpeg_batch, reference_logits):
+    """fp16 elementwise within FP16; int8 by top-1 agreement (runtimes.tolerances.INT8)."""
+    path = request.getfixturevalue("demo_fp16") if variant == "fp16" else request.getfixturevalue("demo_int8").path
+    tol = for_precision(variant)
+    with create_runner(provider, path) as runner:
+        stats = compare(reference_logits[4], runner.infer(np.ascontiguousarray(jpeg_batch)), tol)
+    print(f"{variant} on {provider}: {stats.summary()}")
+    assert stats.passed, stats.summary()
+    assert stats.top1_agreement == 1.0

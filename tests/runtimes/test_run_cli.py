@@ -15,6 +15,7 @@ from runtimes.run import main
 from samples.generate import IMAGES_DIR, label_of
 
 REPO = Path(__file__).resolve().parents[2]
+SAMPLES_FIRST = sorted(IMAGES_DIR.glob("*.jpg"))[0]
 GOOD = ("red_checker_0.jpg", "green_vstripes_1.jpg", "blue_hstripes_0.jpg")
 
 
@@ -206,3 +207,13 @@ def test_variant_needs_a_bundle(demo_export):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr == "error: --variant picks a model inside a bundle; pass --bundle DIR too\n"
+
+
+def test_openvino_precision_is_a_runtime_option(demo_export):
+    base = [sys.executable, "-m", "runtimes.run", "--model", str(demo_export.path), "--json", "--topk", "1", str(SAMPLES_FIRST)]
+    proc = subprocess.run([*base, "--precision", "bf16"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--precision does not apply to provider 'cpu'" in proc.stderr
+    if unavailable_reason("openvino") is None:
+        proc = subprocess.run([*base, "--provider", "openvino", "--precision", "bf16"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["topk"][0]["label"] == label_of(SAMPLES_FIRST)

@@ -25,6 +25,7 @@ FULL = ModelSpec(  # no field at its default, so the round trip shows each one i
     precision="fp16",
     checkpoint_name="model.pth",
     checkpoint_sha256="ab" * 32,
+    variant={"parent_sha256": "cd" * 32},
 )
 
 

@@ -1,0 +1,81 @@
+"""Precision variants: int8 QDQ and fp16, made torch-free, verified before they are written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from converters.quantize import quantize
+from runtimes.errors import ExportError
+from runtimes.spec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_int8_has_dequantized_inputs_on_every_conv_and_gemm(demo_int8):
+    model = onnx.load(str(demo_int8.path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    compute = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(compute) == 57 + 2 + 1  # the convs, the two LRN window sums, the classifier
+    for node in compute:
+        for name in node.input[:2]:  # activations and weights
+            dq = producers.get(name)
+            assert dq is not None and dq.op_type == "DequantizeLinear", f"{node.name}: {name} is not dequantized"
+            source = producers.get(dq.input[0])
+            assert source is None or source.op_type == "QuantizeLinear"  # a quantized weight, or a Q of an activation
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    q_zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    # uint8 activations (U8S8): OpenVINO refuses signed int8 activations
+    assert q_zero_points and all(types[z] == onnx.TensorProto.UINT8 for z in q_zero_points)
+
+
+def test_int8_spec_records_how_it_was_made(demo_int8, demo_export):
+    spec = ModelSpec.from_onnx(demo_int8.path)
+    assert spec.precision == "int8" and spec.labels == demo_export.spec.labels
+    assert spec.checkpoint_sha256 == demo_export.spec.checkpoint_sha256
+    assert spec.variant["parent_sha256"] == hashlib.sha256(demo_export.path.read_bytes()).hexdigest()
+    assert spec.variant["method"] == "minmax" and spec.variant["images"] == 108 == demo_int8.images
+    assert len(spec.variant["file_list_sha256"]) == 64
+    assert demo_int8.top1_agreement >= 0.97
+    assert demo_int8.size_bytes < demo_export.path.stat().st_size / 3  # int8 weights: under a third of fp32
+
+
+def test_int8_runs_on_openvino_too(demo_int8, fresh_images):
+    pytest.importorskip("openvino", reason="openvino is an optional extra")
+    from runtimes.classifier import Classifier
+    from samples.generate import label_of
+
+    files = sorted(fresh_images.rglob("*.jpg"))[::9]
+    with Classifier(demo_int8.path, "openvino") as clf:
+        predictions = clf.predict(files)
+    assert sum(p.topk[0].label == label_of(p.image) for p in predictions) >= len(files) - 1
+
+
+def test_fp16_keeps_fp32_inputs_and_outputs(demo_export, tmp_path):
+    result = quantize(demo_export.path, "fp16", calib_count=16, out=tmp_path / "half.onnx")
+    model = onnx.load(str(result.path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert ModelSpec.from_onnx(result.path).precision == "fp16" and result.top1_agreement == 1.0
+
+
+def test_default_calibration_warns_and_bad_requests_are_one_line(demo_export, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "converters.quantize", "--model", str(demo_export.path), "--precision", "int8",
+         "--calib-count", "20", "--out", str(tmp_path / "q.onnx")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "freshly generated demo images" in proc.stderr and "calibrating on 20 images" in proc.stderr
+    assert "top-1 agreement with the fp32 model" in proc.stdout
+    with pytest.raises(ExportError, match="already a int8 model"):
+        quantize(tmp_path / "q.onnx", "int8")
+    with pytest.raises(ExportError, match="is not a directory of images"):
+        quantize(demo_export.path, "int8", calib=tmp_path / "absent")
