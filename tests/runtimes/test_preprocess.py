@@ -26,8 +26,8 @@ from samples import generate
 SPEC = ModelSpec(labels=("a", "b"))
 
 # Measured bounds against the PIL reference, in 0-255 levels (Pillow 13, OpenCV 5.0).
-# Lossless input: Pillow itself resizes, so 0. Past an aspect ratio of about 256:1
-# only the crop window is resampled (box=), which moves a few pixels by up to one
+# Lossless input: Pillow itself resizes, so 0. Past an aspect ratio of 1024:1 only the
+# crop window is resampled (box=), which moves a few bilinear pixels by up to one
 # rounding step per pass: MAX_ERROR_WINDOW. JPEG input: also measured 0 (both decode
 # with libjpeg-turbo, ISLOW IDCT); 1 level leaves room for another libjpeg build.
 MAX_ERROR_LOSSLESS = 0.0
@@ -476,3 +476,9 @@ def test_top1_agrees_with_the_pil_pipeline(request, export_fixture):
           f"max input difference {input_error:.3g} levels, max logit difference {np.abs(ours_logits - ref_logits).max():.3g}")
     assert input_error <= MAX_ERROR_JPEG
     assert agreement >= MIN_TOP1_AGREEMENT
+
+
+def test_an_extreme_strip_resamples_only_the_crop_window_and_stays_close():
+    rgb = np.random.default_rng(1).integers(0, 256, (2500, 2, 3), dtype=np.uint8)  # 1250:1
+    ref = normalize(pil_reference_u8(Image.fromarray(rgb), SPEC), SPEC)
+    assert levels(prepare(rgb, SPEC), ref, SPEC).max() <= MAX_ERROR_WINDOW + 1e-3
