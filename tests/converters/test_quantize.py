@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +78,29 @@ def test_default_calibration_warns_and_bad_requests_are_one_line(demo_export, tm
         quantize(tmp_path / "q.onnx", "int8")
     with pytest.raises(ExportError, match="is not a directory of images"):
         quantize(demo_export.path, "int8", calib=tmp_path / "absent")
+
+
+def test_quantize_runs_without_torch(demo_export, tmp_path):
+    """The int8/fp16 tooling is torch-free: it runs where only the runtime side is installed."""
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None\n"
+        "sys.argv = ['converters.quantize', *sys.argv[1:]]\n"
+        "runpy.run_module('converters.quantize', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--model", str(demo_export.path), "--precision", "fp16", "--calib-count", "8",
+         "--out", str(tmp_path / "half.onnx")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "half.onnx").is_file()
+
+
+def test_a_runtime_that_cannot_load_a_variant_says_so_in_one_line(demo_int8):
+    image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtimes.run", "--provider", "opencv", "--model", str(demo_int8.path), str(image)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: opencv: cv2.dnn cannot import") and proc.stderr.count("\n") == 1
