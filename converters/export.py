@@ -192,7 +192,7 @@ def _verify_images(folder: str | Path | None, spec: ModelSpec):
     """(names, file bytes, preprocessed batch) of the images whose PyTorch logits travel
     with the model: ``folder``'s (recursively, sorted), or the demo samples'. Read first,
     so a bad image fails the export before any work."""
-    from runtimes.preprocess import IMAGE_EXTENSIONS, load, stack
+    from runtimes.preprocess import IMAGE_EXTENSIONS, find_images, load, stack
 
     if folder is None:
         from samples.generate import IMAGES_DIR
@@ -201,7 +201,7 @@ def _verify_images(folder: str | Path | None, spec: ModelSpec):
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--verify-images {folder} is not a directory of images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = find_images(folder)
     if not files:
         raise ExportError(f"--verify-images {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     if len(files) > MAX_VERIFY_IMAGES:

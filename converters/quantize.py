@@ -71,7 +71,7 @@ def calibration_images(folder: str | Path | None, count: int, spec: ModelSpec, *
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--calib {folder} is not a directory of images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in preprocess.IMAGE_EXTENSIONS)[:count]
+    files = preprocess.find_images(folder)[:count]
     if not files:
         raise ExportError(f"--calib {folder} holds no images ({', '.join(sorted(preprocess.IMAGE_EXTENSIONS))})")
     tensors, names = [], []

@@ -344,11 +344,12 @@ def main(argv: list[str] | None = None) -> int:
 def _files_report(args, providers: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     from runtimes.classifier import default_workers
     from runtimes.errors import ImageError
-    from runtimes.files_bench import decode_only, image_files, run_cli
+    from runtimes.files_bench import decode_only, run_cli
+    from runtimes.preprocess import find_images
     from runtimes.spec import ModelSpec
 
     provider = next((p for p in providers if p != "torch"), "cpu")
-    files = image_files(args.images)
+    files = find_images(args.images)
     if not files:
         raise ImageError(f"--images {args.images} holds no images")
     batch = args.files_batch_size

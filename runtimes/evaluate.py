@@ -39,7 +39,7 @@ class Evaluation:
 
 def labelled_files(data: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]]:
     """(file, class index) for every image under ``data/<label>/``, sorted; folders must be labels."""
-    from runtimes.preprocess import IMAGE_EXTENSIONS
+    from runtimes.preprocess import find_images
 
     if not data.is_dir():
         raise ImageError(f"{data} is not a folder; give one subfolder per class, named as the model's labels")
@@ -54,7 +54,7 @@ def labelled_files(data: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]
     found = []
     for folder in folders:
         index = labels.index(folder.name)
-        found += [(p, index) for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        found += [(p, index) for p in find_images(folder)]
     return found
 
 

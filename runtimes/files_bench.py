@@ -18,12 +18,6 @@ from pathlib import Path
 from typing import Any
 
 
-def image_files(folder: Path) -> list[Path]:
-    from runtimes.run import collect_images
-
-    return collect_images([str(folder)])
-
-
 def decode_only(files: list[Path], spec, *, exact: bool, workers: int) -> dict[str, Any]:
     """Images/s of reading, decoding and preprocessing alone, on ``workers`` threads."""
     from runtimes.preprocess import load_with_mode

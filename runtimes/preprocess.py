@@ -38,7 +38,9 @@ from PIL import Image
 from runtimes.errors import ImageError, ModelSpecError
 from runtimes.spec import ModelSpec
 
-__all__ = ["EXACT", "FAST", "IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "load", "load_with_mode", "prepare", "stack"]
+__all__ = [
+    "EXACT", "FAST", "IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "find_images", "load", "load_with_mode", "prepare", "stack",
+]
 
 EXACT, FAST = "exact", "fast"  # the preprocessing an image went through
 
@@ -163,6 +165,13 @@ _FORMATS = {  # name -> (magic bytes at offset 0, file extensions)
 }
 # What a folder search picks up (runtimes.run): exactly the formats decode_image accepts.
 IMAGE_EXTENSIONS = frozenset(ext for _, extensions in _FORMATS.values() for ext in extensions)
+
+
+def find_images(folder) -> list:
+    """Every file under ``folder`` (recursively) with an image extension, in sorted order."""
+    from pathlib import Path
+
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _sniff_format(data: bytes) -> str | None:

@@ -60,13 +60,13 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
     A path that matches nothing is kept as is, so it is reported as its own error.
     """
-    from runtimes.preprocess import IMAGE_EXTENSIONS  # imports cv2: not before --help is handled
+    from runtimes.preprocess import find_images  # imports cv2: not before --help is handled
 
     found: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += find_images(path)
         elif not path.exists() and glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             found += [Path(m) for m in matches if Path(m).is_file()] if matches else [path]
