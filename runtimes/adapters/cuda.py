@@ -23,6 +23,7 @@ class CudaRunner(OrtRunner):
     provider = "CUDAExecutionProvider"
     OPTIONS: dict[str, Any] = {**OrtRunner.OPTIONS, "device_id": 0, "allow_fallback": False}
     log_severity = 2  # keep ORT's warnings: "Failed to create CUDAExecutionProvider" is one
+    reads_ort_log = True
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

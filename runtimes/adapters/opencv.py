@@ -6,6 +6,7 @@ engine accepts the exported dynamic batch axis, so a batch goes through in one c
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from runtimes.adapters.base import Runner
@@ -28,6 +29,7 @@ class OpencvRunner(Runner):
         # error says it all, so keep those lines off the user's one-line error.
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        self._lock = threading.Lock()
         try:
             self.net = cv2.dnn.readNetFromONNX(str(self.model_path))
         except cv2.error as exc:
@@ -37,8 +39,12 @@ class OpencvRunner(Runner):
             cv2.utils.logging.setLogLevel(level)
 
     def _infer_impl(self, batch: Any) -> Any:
-        self.net.setInput(batch)
-        return self.net.forward()
+        # A Net holds one input and one set of blobs: setInput + forward must not
+        # interleave between threads (they got each other's labels). OpenCV parallelises
+        # inside forward() anyway.
+        with self._lock:
+            self.net.setInput(batch)
+            return self.net.forward().copy()
 
     def _active_providers_impl(self) -> list[str]:
         return ["OpenCV:CPU"]

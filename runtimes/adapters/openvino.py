@@ -10,10 +10,10 @@ one without bf16 support as f32 (``inference_precision()`` says what it compiled
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 from runtimes.adapters.base import Runner
-from runtimes.adapters.native import captured_native_output
 from runtimes.errors import ProviderError
 
 
@@ -34,6 +34,7 @@ class OpenvinoRunner(Runner):
 
     def _load_impl(self) -> None:
         import openvino as ov
+        from openvino.frontend import FrontEndManager, GeneralFailure, OpConversionFailure
 
         if self.options["precision"] not in self.PRECISIONS:
             raise ProviderError(
@@ -47,24 +48,35 @@ class OpenvinoRunner(Runner):
         }
         if self.options["threads"]:
             config["INFERENCE_NUM_THREADS"] = self.options["threads"]
-        # Given a file that is not ONNX, read_model tries every frontend, and TensorFlow's
-        # logs its parse errors to fd 2; they would follow our one-line error.
-        with captured_native_output():
-            try:
-                self.compiled = core.compile_model(core.read_model(str(self.model_path)), self.options["device"], config)
-            except RuntimeError as exc:  # OpenVINO raises RuntimeError for every load failure
-                raise ProviderError(f"openvino: cannot load {self.model_path}: {_first_message(exc)}") from None
-        self.request = self.compiled.create_infer_request()
+        # The ONNX frontend only: core.read_model() would try every frontend on a file that
+        # is not ONNX, and TensorFlow's logs its parse errors straight to fd 2.
+        try:
+            frontend = FrontEndManager().load_by_framework("onnx")
+            model = frontend.convert(frontend.load(str(self.model_path)))
+            self.compiled = core.compile_model(model, self.options["device"], config)
+        except (RuntimeError, OpConversionFailure, GeneralFailure) as exc:  # every load failure
+            raise ProviderError(f"openvino: cannot load {self.model_path}: {_first_message(exc)}") from None
+        # One infer request per concurrent caller, reused: OpenVINO requests are not
+        # thread-safe, but several run at once (the classifier, a server's threads).
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
 
     def inference_precision(self) -> str:
         """The precision OpenVINO actually compiled for, e.g. "f32" or "bf16"."""
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def _infer_impl(self, batch: Any) -> Any:
-        return self.request.infer({0: batch})[self.compiled.output(0)]
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            # copy: the result array is the request's own buffer, reused by its next call
+            return request.infer({0: batch})[self.compiled.output(0)].copy()
+        finally:
+            self._requests.put(request)
 
     def _active_providers_impl(self) -> list[str]:
         return [f"OpenVINO:{self.options['device']}"]
 
     def _close_impl(self) -> None:
-        self.request = self.compiled = None
+        self._requests = self.compiled = None

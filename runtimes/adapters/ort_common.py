@@ -3,6 +3,7 @@ check that the requested execution provider is really the one running."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
@@ -49,6 +50,14 @@ def session_options(threads: int | None, spinning: bool, log_severity: int = _OR
     return options
 
 
+def is_ort_log_line(line: str) -> bool:
+    """Whether ``line`` is ORT's own: its logger's format, or the Python package's fallback banner."""
+    stripped = line.strip()
+    return bool(_ORT_LOG_LINE.search(line)) or stripped.startswith(("EP Error", "Falling back to", "*****")) or (
+        stripped.startswith("when using [") and stripped.endswith("]")
+    )
+
+
 def ort_failure_lines(log: str) -> str:
     """The error and warning messages of an ORT log, without timestamps, joined into one line."""
     messages = []
@@ -67,14 +76,18 @@ class OrtRunner(Runner):
     OPTIONS: dict[str, Any] = {"threads": None, "spinning": True}
     REQUIRES = ("onnxruntime", "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)")
     log_severity = _ORT_LOG_ERROR  # what ORT may print while the session is created
+    # Only the GPU runners read ORT's log: a provider that fails to load is reported
+    # nowhere else. Everyone else's session is created without touching fds 1 and 2.
+    reads_ort_log = False
     session: Any = None
 
     def _create_session(self, providers: list[Any]) -> tuple[Any, str]:
-        """A session plus whatever ORT printed while creating it."""
+        """A session, plus ORT's own log lines while creating it if this runner reads them."""
         import onnxruntime as ort
 
         options = session_options(self.options["threads"], self.options["spinning"], self.log_severity)
-        with captured_native_output() as log:
+        capture = captured_native_output(is_ort_log_line) if self.reads_ort_log else contextlib.nullcontext([""])
+        with capture as log:
             try:
                 session = ort.InferenceSession(str(self.model_path), options, providers=providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -82,8 +95,9 @@ class OrtRunner(Runner):
             else:
                 failure = None
         if failure is not None:
-            raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {failure}") from None
-        return session, log[0]
+            first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+            raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {first}") from None
+        return session, log[0] if log else ""
 
     def _read_spec(self) -> ModelSpec:
         if not self._loaded:
