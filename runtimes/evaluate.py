@@ -21,6 +21,7 @@ from pathlib import Path
 
 from runtimes.cli import positive_int, run_cli
 from runtimes.errors import ImageError, ModelSpecError
+from runtimes.run import Progress
 from runtimes.spec import DEFAULT_MODEL
 
 EXIT_GATE_FAILED = 1
@@ -58,15 +59,16 @@ def labelled_files(data: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]
     return found
 
 
-def evaluate(classifier, files: list[tuple[Path, int]], progress=None) -> Evaluation:
+def evaluate(classifier, files: list[tuple[Path, int]], progress: Progress | None = None) -> Evaluation:
     """Top-1/top-5, per-class accuracy and the commonest confusions of ``classifier`` on ``files``."""
     labels = classifier.spec.labels
     result = Evaluation()
     hits1 = hits5 = 0
     per_class_total, per_class_hits, confused = Counter(), Counter(), Counter()
     for (path, truth), prediction in zip(files, classifier.iter_predict([p for p, _ in files], topk=5)):
-        if progress:
-            progress(1)
+        if progress is not None:
+            progress.clear()
+            progress.advance(1)
         if not prediction.ok:
             result.unreadable.append(f"{path}: {prediction.error}")
             result.predictions.append(-1)
@@ -86,23 +88,6 @@ def evaluate(classifier, files: list[tuple[Path, int]], progress=None) -> Evalua
     result.per_class = {labels[c]: per_class_hits[c] / n for c, n in sorted(per_class_total.items())}
     result.confusions = [(a, b, n) for (a, b), n in confused.most_common(5)]
     return result
-
-
-def _progress(total: int):
-    """A \\r progress bar on stderr for a terminal; None elsewhere."""
-    if not sys.stderr.isatty():
-        return None
-    done = [0]
-
-    def advance(count: int) -> None:
-        done[0] += count
-        filled = 30 * done[0] // total
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done[0]}/{total}")
-        if done[0] >= total:
-            sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
-
-    return advance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         files = labelled_files(args.data, clf.spec.labels)
         if not files:
             raise ImageError(f"{args.data}: no images in its class folders")
-        result = evaluate(clf, files, _progress(len(files) * (2 if args.reference else 1)))
+        progress = Progress(len(files) * (2 if args.reference else 1), sys.stderr, args.batch_size)
+        result = evaluate(clf, files, progress)
         precision = options.get("precision") or clf.spec.precision
     report = {"model": str(args.model), "provider": args.provider, "precision": precision, "images": result.images,
               "top1": result.top1, "top5": result.top5, "per_class": result.per_class,
@@ -135,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     if args.reference is not None:
         with Classifier(args.reference, "cpu", batch_size=args.batch_size, exact=True) as ref_clf:
-            ref = evaluate(ref_clf, files)
+            ref = evaluate(ref_clf, files, progress)
         both = [(a, b) for a, b in zip(result.predictions, ref.predictions) if a >= 0 and b >= 0]
         drop = (ref.top1 - result.top1) * 100
         report["reference"] = {"model": str(args.reference), "top1": ref.top1, "top5": ref.top5,
@@ -146,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             status = EXIT_GATE_FAILED
         elif args.max_top1_drop is not None:
             report["gate"] = f"passed: top-1 dropped {drop:.2f} points, at most {args.max_top1_drop:g}"
+    progress.clear()
     print(json.dumps(report) if args.json else _text(report))
     return status
 
