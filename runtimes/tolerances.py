@@ -33,7 +33,12 @@ BY_PRECISION = {"fp32": FP32, "fp16": FP16, "bf16": BF16, "int8": INT8}
 
 def for_precision(precision: str) -> Tolerance:
     """The tolerance for ``precision`` ("fp32", "fp16", "bf16" or "int8")."""
+    from runtimes.errors import ModelSpecError
+
     try:
         return BY_PRECISION[precision]
     except KeyError:
-        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(BY_PRECISION)}") from None
+        raise ModelSpecError(
+            f"no tolerance for precision {precision!r} (known: {', '.join(BY_PRECISION)}); "
+            "the model was made by a newer toolkit or its metadata is wrong"
+        ) from None

@@ -63,3 +63,22 @@ def test_no_reference_beside_the_model_is_one_line(demo_export, tmp_path):
     proc = _verify("--model", str(tmp_path / "lonely.onnx"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "lonely.reference.npz not found; re-export the model" in proc.stderr
+
+
+def test_a_precision_this_toolkit_does_not_know_is_one_line(demo_export, tmp_path):
+    import dataclasses
+
+    import onnx
+
+    from runtimes.spec import METADATA_KEY
+
+    model = onnx.load(str(demo_export.path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[METADATA_KEY] = dataclasses.replace(demo_export.spec, precision="fp8").to_json()
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    shutil.copyfile(demo_export.reference_path, tmp_path / "odd.reference.npz")
+    proc = _verify("--model", str(tmp_path / "odd.onnx"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "no tolerance for precision 'fp8'" in proc.stderr
