@@ -2,7 +2,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS := convert,openvino,bench,test
+EXTRAS := convert,openvino,bench,serve,test
 
 .PHONY: demo test bench clean
 

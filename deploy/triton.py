@@ -1,0 +1,123 @@
+"""A Triton Inference Server model repository for an exported model.
+
+    python -m deploy.triton --model artifacts/googlenet.onnx --out REPO
+        [--name googlenet] [--max-batch 32] [--instances 1] [--gpu] [--tensorrt-fp16]
+
+writes::
+
+    REPO/googlenet/config.pbtxt   onnxruntime backend, dynamic batching, instance groups, warm-up, labels
+    REPO/googlenet/1/model.onnx   the model, unchanged
+    REPO/googlenet/labels.txt     one label per line, for the output's label_filename
+
+The config is built as Triton's own ``ModelConfig`` protobuf (from ``tritonclient``) and
+printed in protobuf text format, so a field Triton does not know cannot slip in. The
+TensorRT accelerator's parameters are not checked by the protobuf; their names are the
+ones the onnxruntime backend reads (``precision_mode``, ``max_workspace_size_bytes``,
+``trt_engine_cache_enable``, ``trt_engine_cache_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from runtimes.cli import positive_int, run_cli
+from runtimes.errors import BundleError
+from runtimes.spec import DEFAULT_MODEL, ModelSpec
+
+QUEUE_DELAY_US = 500  # how long Triton may hold a request to batch it with others
+TRT_WORKSPACE_BYTES = 1 << 30
+TRT_CACHE = "/tmp/triton-trt-cache"
+
+
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise BundleError("deploy.triton needs tritonclient: pip install 'googlenet-deploy[serve]'") from None
+    return model_config_pb2
+
+
+def model_config(spec: ModelSpec, *, name: str, max_batch: int, instances: int, gpu: bool, tensorrt_fp16: bool):
+    """Triton's ``ModelConfig`` for ``spec``'s model (dims exclude the batch axis)."""
+    pb = _model_config_pb2()
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=max_batch)
+    config.input.add(name=spec.input_name, data_type=pb.TYPE_FP32, dims=[3, spec.crop_size, spec.crop_size])
+    config.output.add(name=spec.output_name, data_type=pb.TYPE_FP32, dims=[spec.num_classes], label_filename="labels.txt")
+    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in (4, 8, max_batch) if b <= max_batch}))
+    kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=instances, kind=kind)
+    if tensorrt_fp16:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters.update({
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": TRT_CACHE,
+        })
+    warmup = config.model_warmup.add(name="zeros", batch_size=1)
+    warmup.inputs[spec.input_name].data_type = pb.TYPE_FP32
+    warmup.inputs[spec.input_name].dims.extend([3, spec.crop_size, spec.crop_size])
+    warmup.inputs[spec.input_name].zero_data = True
+    return config
+
+
+def write_repository(
+    model: str | Path = DEFAULT_MODEL,
+    out: str | Path = "artifacts/triton",
+    *,
+    name: str = "googlenet",
+    max_batch: int = 32,
+    instances: int = 1,
+    gpu: bool = False,
+    tensorrt_fp16: bool = False,
+) -> Path:
+    """Write (or replace) ``out/name``; returns that folder."""
+    from google.protobuf import text_format
+
+    model, out = Path(model), Path(out)
+    if tensorrt_fp16 and not gpu:
+        raise BundleError("--tensorrt-fp16 needs --gpu: TensorRT runs on GPU instances only")
+    if max_batch < 1 or instances < 1:
+        raise BundleError(f"--max-batch and --instances must be at least 1, got {max_batch} and {instances}")
+    spec = ModelSpec.from_onnx(model)
+    config = model_config(spec, name=name, max_batch=max_batch, instances=instances, gpu=gpu, tensorrt_fp16=tensorrt_fp16)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
+    try:
+        (staging / "1").mkdir()
+        shutil.copyfile(model, staging / "1" / "model.onnx")
+        (staging / "labels.txt").write_text("\n".join(spec.labels) + "\n", encoding="utf-8")
+        (staging / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
+        staging.chmod(0o755)
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.triton", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the exported model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--out", type=Path, required=True, help="the model repository folder")
+    parser.add_argument("--name", default="googlenet", help="the model's name in the repository (default: googlenet)")
+    parser.add_argument("--max-batch", type=positive_int, default=32, help="max_batch_size (default: 32)")
+    parser.add_argument("--instances", type=positive_int, default=1, help="instances per device (default: 1)")
+    parser.add_argument("--gpu", action="store_true", help="GPU instances (default: CPU)")
+    parser.add_argument("--tensorrt-fp16", action="store_true", help="with --gpu: ONNX Runtime's TensorRT accelerator in fp16, engines cached")
+    args = parser.parse_args(argv)
+    folder = write_repository(args.model, args.out, name=args.name, max_batch=args.max_batch, instances=args.instances,
+                              gpu=args.gpu, tensorrt_fp16=args.tensorrt_fp16)
+    print(f"wrote {folder}: config.pbtxt, 1/model.onnx, labels.txt; serve with `tritonserver --model-repository {args.out}`")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
