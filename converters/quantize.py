@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes.bundle import sha256_file
 from runtimes.errors import ExportError
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec, variant_path
 
@@ -131,10 +132,6 @@ def _fp16(model_path: Path, out: Path) -> None:
     onnx.save(half, str(out))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _logits(model: Path, spec: ModelSpec, inputs: np.ndarray) -> np.ndarray:
     from runtimes.adapters import create_runner
 
@@ -168,7 +165,7 @@ def quantize(
     inputs, names = calibration_images(calib, calib_count, parent, warn=precision == "int8")
     if precision == "int8" and len(inputs) < MIN_CALIBRATION_IMAGES:
         log.warning("calibrating on %d images; %d or more give steadier ranges", len(inputs), MIN_CALIBRATION_IMAGES)
-    variant = {"parent_sha256": _sha256(model)}
+    variant = {"parent_sha256": sha256_file(model)}
     with tempfile.TemporaryDirectory() as tmp:
         made = Path(tmp) / "variant.onnx"
         if precision == "int8":

@@ -1,4 +1,5 @@
-"""Model files the tests derive from an export: an fp16 variant, a perturbed copy."""
+"""What several test modules share: runtime parameters that skip with their reason, and
+model files derived from an export (an fp16 variant, a perturbed copy)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
+from runtimes.adapters import unavailable_reason
 from runtimes.reference import reference_path_for
+
+
+def provider_param(name: str):
+    """A pytest parameter for runtime ``name`` that shows as a skip, with the reason, where it cannot run."""
+    reason = unavailable_reason(name)
+    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
 
 
 def save_fp16_variant(model_path: Path, out: Path) -> Path:

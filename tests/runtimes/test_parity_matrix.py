@@ -17,6 +17,7 @@ from runtimes import preprocess
 from runtimes.adapters import create_runner, unavailable_reason
 from runtimes.tolerances import BF16, FP16, FP32, for_precision
 from samples.generate import IMAGES_DIR
+from tests.helpers import provider_param
 
 BATCHES = (1, 4)
 
@@ -80,12 +81,7 @@ def demo_fp16(demo_export):
     return save_fp16_variant(demo_export.path, demo_export.path.with_name("demo.fp16.onnx"))
 
 
-def _provider(name: str):
-    reason = unavailable_reason(name)
-    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
-
-
-@pytest.mark.parametrize("provider", [_provider("cpu"), _provider("openvino")])
+@pytest.mark.parametrize("provider", [provider_param("cpu"), provider_param("openvino")])
 @pytest.mark.parametrize("variant", ["fp16", "int8"])
 def test_variant_files_match_pytorch_within_their_precision(variant, provider, request, jpeg_batch, reference_logits):
     """fp16 elementwise within FP16; int8 by top-1 agreement (runtimes.tolerances.INT8)."""

@@ -13,20 +13,16 @@ import numpy as np
 import pytest
 
 from runtimes import preprocess
-from runtimes.adapters import create_runner, unavailable_reason
+from runtimes.adapters import create_runner
 from runtimes.classifier import Classifier
 from samples.generate import IMAGES_DIR
+from tests.helpers import provider_param
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted(IMAGES_DIR.glob("*.jpg"))
 
 
-def _provider(name: str):
-    reason = unavailable_reason(name)
-    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
-
-
-PROVIDERS = [_provider("cpu"), _provider("openvino"), _provider("opencv")]
+PROVIDERS = [provider_param("cpu"), provider_param("openvino"), provider_param("opencv")]
 
 
 def _run_threads(count: int, work) -> list:
@@ -90,7 +86,7 @@ t.join()
 """
 
 
-@pytest.mark.parametrize("provider", ["cpu", _provider("openvino"), "cuda"])
+@pytest.mark.parametrize("provider", ["cpu", provider_param("openvino"), "cuda"])
 def test_loading_a_model_loses_no_line_another_thread_prints(demo_export, provider):
     """cuda here falls back to CPU, which takes the path that reads ORT's log (fds 1 and 2)."""
     proc = subprocess.run([sys.executable, "-c", LOGGER, provider, str(demo_export.path)], cwd=REPO,

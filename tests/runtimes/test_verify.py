@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.adapters import unavailable_reason
-from tests.helpers import save_fp16_variant, save_perturbed_copy
+from tests.helpers import provider_param, save_fp16_variant, save_perturbed_copy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,12 +21,7 @@ def _verify(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def _provider(name: str):
-    reason = unavailable_reason(name)
-    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
-
-
-@pytest.mark.parametrize("provider", [_provider(p) for p in ("cpu", "cuda", "tensorrt", "openvino", "opencv")])
+@pytest.mark.parametrize("provider", [provider_param(p) for p in ("cpu", "cuda", "tensorrt", "openvino", "opencv")])
 def test_each_runtime_gives_pytorchs_answers(demo_export, provider):
     proc = _verify("--model", str(demo_export.path), "--provider", provider, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
