@@ -1,0 +1,216 @@
+"""The two models ``deploy.serve`` puts behind KServe's Open Inference Protocol (v2).
+
+``googlenet``        FP32 ``input`` [N, 3, H, W]  ->  FP32 ``logits`` [N, classes], the raw graph
+``googlenet-image``  BYTES ``image`` [N]          ->  top-k per image, preprocessing included:
+                     ``label`` BYTES [N, k], ``probability`` FP32 [N, k], ``class_index`` INT64 [N, k]
+                     and ``error`` BYTES [N] ("" when the image was classified)
+
+Both share one :class:`Engine` (one runtime session). Inference runs in the event loop's
+thread pool, so a long call never blocks the REST and gRPC servers that share the loop.
+A request that breaks a rule raises kserve's ``InvalidInput``, which kserve answers with
+HTTP 400 or gRPC INVALID_ARGUMENT and the message. One unreadable image is an ``error``
+entry for that image; the others in the request are still classified.
+
+An image element is the encoded file: raw bytes (gRPC, or REST binary) or base64 text
+(REST JSON; kserve cannot carry raw binary BYTES over REST JSON). Raw image formats all
+start with a byte outside the base64 alphabet, so the two cannot be confused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import struct
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses the process's command line on import
+try:
+    from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model, ModelServer
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import to_http_parameters
+finally:
+    sys.argv = _argv
+
+from runtimes.classifier import Classifier
+from runtimes.spec import ModelSpec
+
+TENSOR_MODEL = "googlenet"
+IMAGE_MODEL = "googlenet-image"
+IMAGE_INPUT = "image"
+DEFAULT_MAX_BATCH = 32
+DEFAULT_TOPK = 5
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+
+
+class Engine:
+    """One loaded model shared by both served models; built lazily so it can travel to a Ray replica."""
+
+    def __init__(self, model: str | Path, provider: str = "cpu", *, spec: ModelSpec | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH, options: dict[str, Any] | None = None) -> None:
+        self.model, self.provider, self.max_batch = Path(model), provider, max_batch
+        self._spec, self._options = spec, dict(options or {})
+        self._classifier: Classifier | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def classifier(self) -> Classifier:
+        with self._lock:
+            if self._classifier is None:
+                self._classifier = Classifier(self.model, self.provider, batch_size=self.max_batch,
+                                              spec=self._spec, workers=2, **self._options)
+            return self._classifier
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.classifier.spec
+
+    def __getstate__(self) -> dict[str, Any]:  # a runtime session cannot be pickled: the replica loads its own
+        return {**self.__dict__, "_classifier": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def close(self) -> None:
+        if self._classifier is not None:
+            self._classifier.close()
+
+
+def _input(request: InferRequest, name: str, datatype: str) -> InferInput:
+    if len(request.inputs) != 1 or request.inputs[0].name != name:
+        got = ", ".join(i.name for i in request.inputs) or "none"
+        raise InvalidInput(f"model {request.model_name!r} takes one input named {name!r}; got: {got}")
+    tensor = request.inputs[0]
+    if tensor.datatype != datatype:
+        raise InvalidInput(f"input {name!r} must be {datatype}, got {tensor.datatype}")
+    return tensor
+
+
+def _as_numpy(tensor: InferInput) -> np.ndarray:
+    try:
+        return tensor.as_numpy()
+    except (ValueError, TypeError, IndexError, struct.error) as exc:  # a body shorter or longer than the declared shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"input {tensor.name!r}: data does not match shape {list(tensor.shape)}: {first}") from None
+
+
+def _check_batch(n: int, max_batch: int) -> None:
+    if not 1 <= n <= max_batch:
+        raise InvalidInput(f"batch of {n}; this server takes 1 to {max_batch} per request (--max-batch)")
+
+
+def _request_int(request: InferRequest, key: str, default: int) -> int:
+    value = to_http_parameters(request.parameters or {}).get(key, default)  # gRPC's InferParameter too
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"parameter {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def image_bytes(element: Any) -> bytes:
+    """The encoded image in one BYTES element: raw bytes as they are, base64 text decoded."""
+    data = element.encode("latin-1") if isinstance(element, str) else bytes(element)
+    stripped = b"".join(data.split())
+    if stripped and _BASE64.fullmatch(stripped):
+        try:
+            return base64.b64decode(stripped, validate=True)
+        except binascii.Error:
+            pass  # not base64 after all: let the decoder say what it is
+    return data
+
+
+class _ServedModel(Model):
+    def __init__(self, name: str, engine: Engine) -> None:
+        super().__init__(name)
+        self.engine = engine
+
+    def load(self) -> bool:
+        self.engine.classifier  # noqa: B018 - build the session now, not on the first request
+        self.ready = True
+        return True
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class TensorModel(_ServedModel):
+    """``googlenet``: a preprocessed FP32 batch in, the graph's logits out."""
+
+    def __init__(self, engine: Engine, name: str = TENSOR_MODEL) -> None:
+        super().__init__(name, engine)
+
+    def get_input_types(self) -> list[dict]:
+        spec = self.engine.spec
+        return [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, spec.crop_size, spec.crop_size]}]
+
+    def get_output_types(self) -> list[dict]:
+        spec = self.engine.spec
+        return [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}]
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        spec = self.engine.spec
+        tensor = _input(payload, spec.input_name, "FP32")
+        size = spec.crop_size
+        if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [3, size, size]:
+            raise InvalidInput(f"input {spec.input_name!r} must have shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
+        _check_batch(tensor.shape[0], self.engine.max_batch)
+        batch = np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
+        logits = await self._in_thread(self.engine.classifier.runner.infer, batch)
+        out = InferOutput(spec.output_name, list(logits.shape), "FP32")
+        out.set_data_from_numpy(np.asarray(logits, dtype=np.float32), binary_data=payload.use_binary_outputs)
+        return InferResponse(payload.id or str(uuid.uuid4()), self.name, [out], use_binary_outputs=payload.use_binary_outputs,
+                             requested_outputs=payload.request_outputs)
+
+
+class ImageModel(_ServedModel):
+    """``googlenet-image``: encoded images in, each image's top-k labels (or its error) out."""
+
+    def __init__(self, engine: Engine, name: str = IMAGE_MODEL) -> None:
+        super().__init__(name, engine)
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": "label", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "probability", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1, -1]},
+            {"name": "error", "datatype": "BYTES", "shape": [-1]},
+        ]
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        tensor = _input(payload, IMAGE_INPUT, "BYTES")
+        shape = list(tensor.shape)
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1], one encoded image each; got {shape}")
+        _check_batch(shape[0], self.engine.max_batch)
+        k = _request_int(payload, "topk", DEFAULT_TOPK)
+        classes = self.engine.spec.num_classes
+        if not 1 <= k <= classes:
+            raise InvalidInput(f"parameter 'topk' must be 1 to {classes}, got {k}")
+        images = [image_bytes(e) for e in _as_numpy(tensor).reshape(-1)]
+        predictions = await self._in_thread(self.engine.classifier.predict, images, k)
+        n = len(predictions)
+        labels = np.full((n, k), b"", dtype=np.object_)
+        probs = np.zeros((n, k), dtype=np.float32)
+        indices = np.full((n, k), -1, dtype=np.int64)
+        errors = np.array([(p.error or "").encode() for p in predictions], dtype=np.object_)
+        for row, p in enumerate(predictions):
+            for col, score in enumerate(p.topk):
+                labels[row, col], probs[row, col], indices[row, col] = score.label.encode(), score.prob, score.index
+        binary = payload.use_binary_outputs
+        outputs = []
+        for name, array, datatype in (("label", labels, "BYTES"), ("probability", probs, "FP32"),
+                                      ("class_index", indices, "INT64"), ("error", errors, "BYTES")):
+            out = InferOutput(name, list(array.shape), datatype)
+            out.set_data_from_numpy(array, binary_data=binary)
+            outputs.append(out)
+        return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, use_binary_outputs=binary,
+                             requested_outputs=payload.request_outputs)

@@ -1,0 +1,92 @@
+"""Serve a model over KServe's Open Inference Protocol (v2), REST and gRPC, on kserve's ModelServer.
+
+    python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR
+        [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081] [--provider cpu]
+        [--max-batch 32] [--max-body-mb 64] [--replicas N]
+
+Two models (see ``deploy.kserve_models``): ``googlenet`` takes preprocessed FP32 tensors,
+``googlenet-image`` takes encoded images. Any v2 client works; with ``tritonclient``:
+
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient("127.0.0.1:8081")
+    data = grpcclient.InferInput("image", [1], "BYTES"); data.set_data_from_numpy(np.array([jpeg], dtype=object))
+    client.infer("googlenet-image", [data]).as_numpy("label")
+
+The server listens on loopback unless ``--host`` says otherwise. A request body over
+``--max-body-mb`` gets HTTP 413 (gRPC: RESOURCE_EXHAUSTED), a batch over ``--max-batch``
+a 400 (see ``deploy.kserve_server``).
+``--replicas N`` runs N copies of the model on a local Ray Serve cluster behind the same
+two endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from runtimes.cli import non_negative_int, positive_int, run_cli
+from runtimes.spec import DEFAULT_MODEL
+
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_GRPC_PORT = 8081
+DEFAULT_MAX_BODY_MB = 64
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deploy.serve", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help=f"an exported model (default: {DEFAULT_MODEL})")
+    source.add_argument("--bundle", type=Path, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
+    parser.add_argument("--variant", help="bundle: which model to serve, fp32, fp16 or int8 (default: the bundle's default)")
+    parser.add_argument("--provider", help="cpu, cuda, tensorrt, openvino or opencv (default: the bundle's preference, else cpu)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--http-port", type=non_negative_int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=non_negative_int, default=DEFAULT_GRPC_PORT)
+    parser.add_argument("--max-batch", type=positive_int, default=32, help="most images or tensors per request")
+    parser.add_argument("--max-body-mb", type=positive_int, default=DEFAULT_MAX_BODY_MB, help="largest request body")
+    parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
+    parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from deploy import kserve_models as km  # kserve loads only now
+    from deploy.kserve_server import HostModelServer
+    from runtimes.bundle import first_loadable, open_bundle
+
+    with contextlib.ExitStack() as stack:
+        model, spec, providers = args.model or DEFAULT_MODEL, None, (args.provider or "cpu",)
+        if args.bundle is not None:
+            bundle = stack.enter_context(open_bundle(args.bundle))
+            chosen = bundle.model(args.variant)
+            model, spec = chosen.path, chosen.spec
+            providers = (args.provider,) if args.provider else bundle.providers
+        options = {"threads": args.threads} if args.threads else {}
+
+        def load(provider: str) -> km.Engine:
+            engine = km.Engine(model, provider, spec=spec, max_batch=args.max_batch, options=options)
+            engine.classifier  # noqa: B018 - fail here, in one line, not in the server
+            return engine
+
+        engine, provider, skipped = first_loadable(providers, load)
+        for reason in skipped:
+            print(f"warning: {reason}; using the bundle's next provider", file=sys.stderr)
+        stack.callback(engine.close)
+        if args.replicas:
+            from deploy.ray_replicas import replicated_models
+            models = replicated_models(engine, args.replicas)
+        else:
+            models = [km.TensorModel(engine), km.ImageModel(engine)]
+            for m in models:
+                m.load()
+        print(f"serving {', '.join(m.name for m in models)} ({provider}, {engine.model.name}) on "
+              f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
+        server = HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                                 max_body=args.max_body_mb << 20)
+        server.start(models)  # until SIGINT or SIGTERM
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
