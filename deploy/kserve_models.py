@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
 import re
 import struct
 import sys
@@ -78,9 +79,20 @@ class Engine:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
 
+    def for_replicas(self, replicas: int) -> "Engine":
+        """An unloaded copy for one of ``replicas`` replicas on this machine, sharing its CPUs between them."""
+        from runtimes.adapters import runner_class
+
+        options = dict(self._options)
+        if "threads" in runner_class(self.provider).OPTIONS:
+            options.setdefault("threads", max(1, (os.cpu_count() or 1) // replicas))
+        return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch, options=options)
+
     def close(self) -> None:
-        if self._classifier is not None:
-            self._classifier.close()
+        with self._lock:
+            if self._classifier is not None:
+                self._classifier.close()
+                self._classifier = None
 
 
 def _input(request: InferRequest, name: str, datatype: str) -> InferInput:

@@ -32,6 +32,7 @@ from runtimes.spec import DEFAULT_MODEL
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BODY_MB = 64
+GRACE_S = 5  # on SIGTERM, how long requests in flight may take to finish
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.serve", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -74,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {reason}; using the bundle's next provider", file=sys.stderr)
         stack.callback(engine.close)
         if args.replicas:
-            from deploy.ray_replicas import replicated_models
-            models = replicated_models(engine, args.replicas)
+            from deploy import ray_replicas
+            stack.callback(ray_replicas.shutdown)
+            models = ray_replicas.replicated_models(engine, args.replicas)
         else:
             models = [km.TensorModel(engine), km.ImageModel(engine)]
-            for m in models:
-                m.load()
+        for m in models:
+            m.load()
         print(f"serving {', '.join(m.name for m in models)} ({provider}, {engine.model.name}) on "
               f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
         server = HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                                 max_body=args.max_body_mb << 20)
+                                 max_body=args.max_body_mb << 20, grace_period=GRACE_S)
         server.start(models)  # until SIGINT or SIGTERM
     return 0
 

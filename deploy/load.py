@@ -1,0 +1,141 @@
+"""A bounded load run against a v2 server, with tritonclient, and the in-process figure beside it.
+
+    python -m deploy.load --grpc 127.0.0.1:8081 [--clients 8] [--requests 25] [--batch 1]
+    python -m deploy.load --http 127.0.0.1:8080 ...
+    python -m deploy.load --in-process artifacts/googlenet.onnx ...
+
+Each of ``--clients`` threads sends ``--requests`` requests of one seeded FP32 batch to
+the ``googlenet`` model and checks every answer against the first one. It prints one
+JSON line: requests, errors, wrong answers, images per second, and the p50 and p99 of
+the request latency in milliseconds. ``--in-process`` runs the same batches through a
+``Classifier`` runner in this process, one after another, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.cli import positive_int, run_cli
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    target: str
+    requests: int
+    errors: int
+    wrong: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    first_error: str | None = None
+
+
+def seeded_batch(batch: int, size: int = 224) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def grpc_infer(address: str, model: str = "googlenet"):
+    """A function batch -> logits over gRPC; one client per calling thread."""
+    import tritonclient.grpc as grpcclient
+
+    local = threading.local()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "client"):
+            local.client = grpcclient.InferenceServerClient(address)
+        tensor = grpcclient.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        return local.client.infer(model, [tensor]).as_numpy("logits")
+
+    return infer
+
+
+def http_infer(address: str, model: str = "googlenet", binary: bool = True):
+    """A function batch -> logits over REST (binary tensor extension unless ``binary`` is False)."""
+    import tritonclient.http as httpclient
+
+    local = threading.local()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "client"):
+            local.client = httpclient.InferenceServerClient(address)
+        tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=binary)
+        wanted = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        return local.client.infer(model, [tensor], outputs=[wanted]).as_numpy("logits")
+
+    return infer
+
+
+def load_run(infer, target: str, *, clients: int, requests: int, batch: np.ndarray) -> LoadResult:
+    """``clients`` threads each calling ``infer(batch)`` ``requests`` times; every answer must equal the first."""
+    expected = infer(batch)  # also warms the connection and the session
+    latencies: list[float] = []
+    errors, wrong, first_error = 0, 0, None
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal errors, wrong, first_error
+        for _ in range(requests):
+            start = time.perf_counter()
+            try:
+                got = infer(batch)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+                with lock:
+                    errors += 1
+                    first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                wrong += not np.array_equal(got, expected)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return LoadResult(target, clients * requests, errors, wrong, round(len(latencies) * len(batch) / wall, 2),
+                      round(float(np.percentile(ms, 50)), 2), round(float(np.percentile(ms, 99)), 2), first_error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.load", description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--grpc", metavar="HOST:PORT")
+    target.add_argument("--http", metavar="HOST:PORT")
+    target.add_argument("--in-process", type=Path, metavar="MODEL")
+    parser.add_argument("--json-tensors", action="store_true", help="REST: send tensors as JSON, not binary")
+    parser.add_argument("--clients", type=positive_int, default=8)
+    parser.add_argument("--requests", type=positive_int, default=25, help="per client")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    args = parser.parse_args(argv)
+    batch = seeded_batch(args.batch)
+    if args.in_process:
+        from runtimes.classifier import Classifier
+
+        with Classifier(args.in_process) as classifier:
+            # One caller: the runtime's own threads already use every core.
+            result = load_run(classifier.runner.infer, f"in-process {args.in_process}", clients=1,
+                              requests=args.clients * args.requests, batch=batch)
+    elif args.grpc:
+        result = load_run(grpc_infer(args.grpc), f"grpc {args.grpc}", clients=args.clients,
+                          requests=args.requests, batch=batch)
+    else:
+        result = load_run(http_infer(args.http, binary=not args.json_tensors), f"http {args.http}",
+                          clients=args.clients, requests=args.requests, batch=batch)
+    print(json.dumps(asdict(result)))
+    return 1 if result.errors or result.wrong else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

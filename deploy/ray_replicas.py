@@ -1,0 +1,112 @@
+"""``deploy.serve --replicas N``: N copies of the model on a local Ray Serve cluster.
+
+kserve's ModelServer keeps the REST and gRPC endpoints; each request goes through a
+``RayModel`` handle to one of N Ray Serve replicas, and each replica holds one runtime
+session serving both ``googlenet`` and ``googlenet-image``. Ray Serve's own HTTP proxy
+is not started: the only ports are the ModelServer's.
+
+A gRPC request reaches kserve as an ``InferRequest`` holding protobuf maps, which Ray
+cannot pickle (kserve's ``RayModel`` answers "Internal server error"); it travels to the
+replica as the serialized protobuf message instead and is rebuilt there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from deploy.kserve_models import IMAGE_MODEL, TENSOR_MODEL, Engine, ImageModel, InferRequest, InvalidInput, TensorModel
+from kserve.model import InferenceVerb
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
+from kserve.ray import RayModel
+
+DEPLOYMENT = "googlenet"
+
+
+@dataclass(frozen=True)
+class _Refused:
+    reason: str
+
+
+class Replica:
+    """One Ray Serve replica: its own session behind both served models."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.models = {m.name: m for m in (TensorModel(engine), ImageModel(engine))}
+        for model in self.models.values():
+            model.load()
+
+    async def __call__(self, body: InferRequest | bytes, headers: dict[str, str] | None = None):
+        if isinstance(body, bytes):
+            body = InferRequest.from_grpc(ModelInferRequest.FromString(body))
+        try:
+            return await self.models[body.model_name](body, headers)
+        except InvalidInput as exc:  # Ray would wrap it in its own error and traceback: send the reason
+            return _Refused(exc.reason)
+
+    def types(self, name: str) -> tuple[list[dict], list[dict]]:
+        model = self.models[name]
+        return model.get_input_types(), model.get_output_types()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ReplicatedModel(RayModel):
+    """kserve's RayModel for one of the replicas' models, with gRPC requests made picklable."""
+
+    def __init__(self, name: str, handle: Any, types: tuple[list[dict], list[dict]]) -> None:
+        super().__init__(name, handle)
+        self._types = types
+
+    async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
+        if isinstance(body, InferRequest) and body.from_grpc:
+            body = body.to_grpc().SerializeToString()
+        answer = await self._handle.remote(body, headers=dict(headers or {}))
+        if isinstance(answer, _Refused):
+            raise InvalidInput(answer.reason)
+        return answer
+
+    def load(self) -> bool:
+        self.ready = True  # each replica loaded its session when Ray Serve started it
+        return True
+
+    def get_input_types(self) -> list[dict]:
+        return self._types[0]
+
+    def get_output_types(self) -> list[dict]:
+        return self._types[1]
+
+
+def shutdown() -> None:
+    """Stop the replicas and the local Ray cluster."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def replicated_models(engine: Engine, replicas: int) -> list[ReplicatedModel]:
+    """Start ``replicas`` replicas of ``engine`` on a local Ray cluster; the ModelServer's models for them.
+
+    Call :func:`shutdown` when done.
+    """
+    import ray
+    from ray import serve
+
+    cpus = os.cpu_count() or 1
+    ray.init(num_cpus=max(cpus, replicas), include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    serve.start(http_options={"location": "Disabled"})
+    engine.close()  # the replicas load their own sessions; the driver needs none
+    replica = serve.deployment(Replica, name=DEPLOYMENT, num_replicas=replicas,
+                               ray_actor_options={"num_cpus": max(cpus, replicas) / replicas})
+    handle = serve.run(replica.bind(engine.for_replicas(replicas)), name=DEPLOYMENT, route_prefix=None)
+    pids = {handle.pid.remote().result() for _ in range(4 * replicas)}
+    running = serve.status().applications[DEPLOYMENT].deployments[DEPLOYMENT].replica_states.get("RUNNING", 0)
+    print(f"ray serve: {running} replicas running; {len(pids)} answered", file=sys.stderr, flush=True)
+    names = (TENSOR_MODEL, IMAGE_MODEL)
+    return [ReplicatedModel(name, handle, handle.types.remote(name).result()) for name in names]

@@ -1,0 +1,200 @@
+"""deploy.serve against a real kserve ModelServer on loopback, driven by tritonclient over REST and gRPC."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
+from runtimes.classifier import Classifier
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples" / "images").glob("*.jpg"))[:3]
+GARBAGE = b"this is not an image"
+
+
+@pytest.fixture(scope="module")
+def local(demo_export):
+    """The same model in this process: the answers the server must give."""
+    with Classifier(demo_export.path, workers=1) as classifier:
+        yield classifier
+
+
+def _infer_tensor(server, protocol: str, batch: np.ndarray) -> np.ndarray:
+    if protocol == "grpc":
+        return grpc_infer(server.grpc)(batch)
+    return http_infer(server.http, binary=protocol == "http-binary")(batch)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http-binary", "http-json"])
+def test_logits_equal_in_process_inference(server, local, protocol):
+    batch = seeded_batch(3)
+    served = _infer_tensor(server, protocol, batch)
+    assert served.shape == (3, local.spec.num_classes) and served.dtype == np.float32
+    np.testing.assert_allclose(served, local.runner.infer(batch), rtol=0, atol=1e-5)
+
+
+def _images_grpc(server, images: list[bytes], topk: int):
+    client = grpcclient.InferenceServerClient(server.grpc)
+    tensor = grpcclient.InferInput("image", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return client.infer("googlenet-image", [tensor], parameters={"topk": topk})
+
+
+def _images_http(server, images: list[bytes], topk: int, encode_base64: bool):
+    client = httpclient.InferenceServerClient(server.http)
+    tensor = httpclient.InferInput("image", [len(images)], "BYTES")
+    if encode_base64:  # JSON carries text: the REST recipe for clients that cannot send binary
+        tensor.set_data_from_numpy(np.array([base64.b64encode(i) for i in images], dtype=np.object_), binary_data=False)
+    else:
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
+    return client.infer("googlenet-image", [tensor], parameters={"topk": topk})
+
+
+@pytest.mark.parametrize("protocol", ["grpc-raw", "http-raw", "http-base64"])
+def test_images_get_labels_and_a_bad_one_its_own_error(server, local, protocol):
+    images = [p.read_bytes() for p in SAMPLES]
+    images.insert(1, GARBAGE)
+    if protocol == "grpc-raw":
+        result = _images_grpc(server, images, topk=3)
+    else:
+        result = _images_http(server, images, topk=3, encode_base64=protocol == "http-base64")
+    labels, probs = result.as_numpy("label"), result.as_numpy("probability")
+    indices, errors = result.as_numpy("class_index"), result.as_numpy("error")
+    assert labels.shape == probs.shape == indices.shape == (4, 3) and errors.shape == (4,)
+    expected = local.predict([p.read_bytes() for p in SAMPLES], topk=3)
+    assert b"not a JPEG" in errors[1] and list(indices[1]) == [-1, -1, -1]
+    for row, want in zip((0, 2, 3), expected):
+        assert errors[row] == b""
+        assert [label.decode() for label in labels[row]] == [s.label for s in want.topk]
+        assert list(indices[row]) == [s.index for s in want.topk]
+        np.testing.assert_allclose(probs[row], [s.prob for s in want.topk], rtol=0, atol=1e-6)
+
+
+def test_health_and_metadata_follow_the_protocol(server, demo_export):
+    spec = demo_export.spec
+    for client in (httpclient.InferenceServerClient(server.http), grpcclient.InferenceServerClient(server.grpc)):
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("googlenet") and client.is_model_ready("googlenet-image")
+    meta = httpclient.InferenceServerClient(server.http).get_model_metadata("googlenet")
+    assert meta["inputs"] == [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, spec.crop_size, spec.crop_size]}]
+    assert meta["outputs"] == [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}]
+    meta = grpcclient.InferenceServerClient(server.grpc).get_model_metadata("googlenet-image", as_json=True)
+    assert [i["name"] for i in meta["inputs"]] == ["image"]
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probability", "class_index", "error"]
+    assert not httpclient.InferenceServerClient(server.http).is_model_ready("resnet50")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on ``port`` (Linux /proc/net), hex-decoded."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_listens_on_loopback_only(server):
+    # 127.0.0.1 is 0100007F in /proc/net/tcp and ::ffff:127.0.0.1 ends in it in tcp6.
+    for address in (server.http, server.grpc):
+        listening = _listening_addresses(int(address.rsplit(":", 1)[1]))
+        assert listening and all(a.endswith("0100007F") for a in listening), listening
+
+
+def _good_request_still_answers(server, local):
+    batch = seeded_batch(1)
+    np.testing.assert_allclose(grpc_infer(server.grpc)(batch), local.runner.infer(batch), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(http_infer(server.http)(batch), local.runner.infer(batch), rtol=0, atol=1e-5)
+
+
+def _json_tensor(shape, datatype="FP32", data=None, name="input") -> bytes:
+    count = int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                                   "data": data if data is not None else [0] * count}]}).encode()
+
+
+def _binary_tensor(batch: np.ndarray, send: int) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": batch.nbytes}}]}).encode()
+    return header + batch.tobytes()[:send], {"Inference-Header-Content-Length": str(len(header))}
+
+
+BAD_REST = {
+    "wrong shape": ("googlenet", _json_tensor([1, 3, 32, 32]), {}, 400, "must have shape [N, 3, 224, 224]"),
+    "wrong dtype": ("googlenet", _json_tensor([1, 3, 224, 224], "INT32"), {}, 400, "must be FP32, got INT32"),
+    "wrong input name": ("googlenet", _json_tensor([1, 3, 224, 224], name="data"), {}, 400, "one input named 'input'"),
+    "too few values": ("googlenet", _json_tensor([1, 3, 224, 224], data=[0.5] * 10), {}, 400, "does not match shape"),
+    "batch over the limit": ("googlenet", _json_tensor([9, 3, 224, 224]), {}, 400, "batch of 9"),
+    "unknown model": ("resnet50", _json_tensor([1, 3, 224, 224]), {}, 404, "resnet50"),
+    "truncated binary body": ("googlenet", *_binary_tensor(seeded_batch(1), 1000), 400, "declares 602112 bytes"),
+    "oversized body": ("googlenet", *_binary_tensor(seeded_batch(28), 28 * 602112), 413, "at most 16777216"),
+    "not JSON": ("googlenet", b"{inputs: oops", {"Content-Type": "application/json"}, 422, "JSON decode error"),
+    "image topk out of range": ("googlenet-image", json.dumps({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(GARBAGE).decode()]}],
+        "parameters": {"topk": 0}}).encode(), {}, 400, "'topk' must be 1 to 9"),
+    "image as FP32": ("googlenet-image", _json_tensor([1], name="image"), {}, 400, "must be BYTES, got FP32"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REST, ids=list(BAD_REST))
+def test_malformed_rest_requests_get_a_4xx_and_the_server_goes_on(server, local, case):
+    model, body, headers, status, message = BAD_REST[case]
+    response = httpx.post(f"http://{server.http}/v2/models/{model}/infer", content=body, headers=headers, timeout=60)
+    assert response.status_code == status, response.text
+    assert message in response.text and len(response.text) < 600
+    _good_request_still_answers(server, local)
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "wrong dtype", "oversized", "unknown model"])
+def test_malformed_grpc_requests_get_a_status_and_the_server_goes_on(server, local, case):
+    batch, datatype, model = seeded_batch(1), "FP32", "googlenet"
+    if case == "wrong shape":
+        batch = batch[:, :, :32, :32].copy()
+    elif case == "wrong dtype":
+        batch, datatype = batch.astype(np.float64), "FP64"
+    elif case == "oversized":
+        batch = np.concatenate([seeded_batch(8)] * 4)  # 19 MB, over the server's 16 MiB
+    else:
+        model = "resnet50"
+    tensor = grpcclient.InferInput("input", list(batch.shape), datatype)
+    tensor.set_data_from_numpy(batch)
+    with pytest.raises(InferenceServerException) as error:
+        grpcclient.InferenceServerClient(server.grpc).infer(model, [tensor])
+    expected = {"wrong shape": ("StatusCode.INVALID_ARGUMENT", "must have shape"),
+                "wrong dtype": ("StatusCode.INVALID_ARGUMENT", "must be FP32, got FP64"),
+                "oversized": ("StatusCode.RESOURCE_EXHAUSTED", "larger than max"),
+                "unknown model": ("StatusCode.NOT_FOUND", "resnet50")}[case]
+    assert (error.value.status(), expected[1] in error.value.message()) == (expected[0], True), error.value.message()
+    _good_request_still_answers(server, local)
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json"])
+def test_json_requests_with_or_without_content_type(server, local, content_type):
+    batch = seeded_batch(1)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                   "data": batch.ravel().tolist()}]}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = httpx.post(f"http://{server.http}/v2/models/googlenet/infer", content=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    logits = np.array(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, -1)
+    np.testing.assert_allclose(logits, local.runner.infer(batch), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http-binary"])
+def test_load_run_completes_with_no_errors(server, local, protocol, record_property):
+    infer = grpc_infer(server.grpc) if protocol == "grpc" else http_infer(server.http)
+    result = load_run(infer, protocol, clients=8, requests=25, batch=seeded_batch(1))
+    record_property("load_run", result)
+    print(f"\n{result}")
+    assert (result.requests, result.errors, result.wrong) == (200, 0, 0), result.first_error
+    np.testing.assert_allclose(infer(seeded_batch(1)), local.runner.infer(seeded_batch(1)), rtol=0, atol=1e-5)
