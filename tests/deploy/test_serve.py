@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
 from runtimes.classifier import Classifier
+from tests.deploy.serving import SAMPLES
 
-SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples" / "images").glob("*.jpg"))[:3]
 GARBAGE = b"this is not an image"
 
 
