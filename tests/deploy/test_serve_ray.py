@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -45,6 +46,10 @@ def test_a_replica_refusal_is_the_plain_message(ray_server):
         grpcclient.InferenceServerClient(ray_server.grpc).infer("googlenet", [tensor])
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert error.value.message().endswith("must have shape [N, 3, 224, 224], got [1, 3, 8, 8]")
+    body = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}
+    response = httpx.post(f"http://{ray_server.http}/v2/models/googlenet/infer", json=body, timeout=60)
+    assert response.status_code == 400
+    assert response.json() == {"error": "input 'input' must have shape [N, 3, 224, 224], got [1, 3, 8, 8]"}
 
 
 def test_sigterm_stops_the_server_and_its_replicas(ray_server):
