@@ -11,6 +11,6 @@ from tests.deploy.serving import start_server
 def server(demo_export, tmp_path_factory):
     """One server for the module's tests, on the demo model, with a small batch and body limit."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    running = start_server(demo_export.path, log, "--max-batch", "8", "--max-body-mb", "16")
+    running = start_server(log, "--model", str(demo_export.path), "--max-batch", "8", "--max-body-mb", "16")
     yield running
     running.stop()

@@ -44,14 +44,13 @@ class Server:
         return self.process.returncode
 
 
-def start_server(model: Path, log: Path, *extra: str, ready_within: float = 90) -> Server:
+def start_server(log: Path, *arguments: str, ready_within: float = 90) -> Server:
     """``python -m deploy.serve`` on free loopback ports; returns once both protocols say ready."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     http, grpc = free_port(), free_port()
-    command = [sys.executable, "-m", "deploy.serve", "--model", str(model),
-               "--http-port", str(http), "--grpc-port", str(grpc), *extra]
+    command = [sys.executable, "-m", "deploy.serve", "--http-port", str(http), "--grpc-port", str(grpc), *arguments]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)

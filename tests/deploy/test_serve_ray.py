@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from deploy.bundle import build_bundle
 from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
 from runtimes.classifier import Classifier
+from runtimes.reference import reference_path_for
 from tests.deploy.serving import SAMPLES, start_server
 
 
 @pytest.fixture(scope="module")
 def ray_server(demo_export, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve-ray") / "serve.log"
-    running = start_server(demo_export.path, log, "--replicas", "2", ready_within=180)
+    """Two replicas serving the demo model from a bundle tarball, as it would reach a server."""
+    folder = tmp_path_factory.mktemp("serve-ray")
+    shutil.copyfile(demo_export.path, folder / "googlenet.onnx")
+    shutil.copyfile(demo_export.reference_path, reference_path_for(folder / "googlenet.onnx"))
+    _, tarball = build_bundle(folder / "googlenet.onnx", folder / "bundle")
+    running = start_server(folder / "serve.log", "--bundle", str(tarball), "--replicas", "2", ready_within=180)
     yield running
     running.stop()
 
