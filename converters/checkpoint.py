@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from converters.errors import CheckpointError
 from converters.googlenet import AUX_PREFIXES, LAYOUTS, GoogLeNet
-from runtimes.errors import CheckpointError
+from runtimes.errors import first_line
 
 # Wrapper keys trainers put the weights under, most specific first. EMA weights are
 # taken only when no plain weights exist (pass an EMA-only file to export those).
@@ -62,9 +63,8 @@ def _read(path: Path, data: bytes) -> object:
             ) from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); re-save or re-download it") from None
     except Exception as exc:  # garbage bytes surface as almost any exception type
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first}); re-save or re-download it"
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first_line(exc)}); re-save or re-download it"
         ) from None
 
 

@@ -28,7 +28,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.errors import ExportError, ImageError, ParityError
+from converters.errors import ExportError
+from runtimes.errors import ImageError, ParityError, first_line
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, PROVENANCE_KEY, ModelSpec
 from runtimes import __version__
 from runtimes.versions import package_versions
@@ -62,8 +63,11 @@ def report_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".report.json")
 
 
-def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
-    """Labels from a file (one per line), ImageNet's for 1000 classes, else class_0..N-1."""
+def read_labels(labels: str | Path | None, num_classes: int | None) -> tuple[str, ...]:
+    """Labels from a file (one per line), ImageNet's for 1000 classes, else class_0..N-1.
+
+    ``num_classes`` None takes as many as the file has (at least one).
+    """
     if labels is None:
         if num_classes == 1000:
             labels = IMAGENET_LABELS
@@ -75,7 +79,9 @@ def read_labels(labels: str | Path | None, num_classes: int) -> tuple[str, ...]:
         raise ExportError(f"cannot read labels file {labels}: {exc}") from None
     while names and not names[-1]:
         names.pop()
-    if len(names) != num_classes:
+    if num_classes is None and not names:
+        raise ExportError(f"labels file {labels} is empty; give one class name a line")
+    if num_classes is not None and len(names) != num_classes:
         raise ExportError(f"labels file {labels} has {len(names)} labels but the checkpoint has {num_classes} classes")
     return tuple(names)
 
@@ -121,8 +127,7 @@ def _as_export_error(what: str):
     except ExportError:
         raise
     except Exception as exc:  # torch and onnx raise many unrelated types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"{what}: {first}") from None
+        raise ExportError(f"{what}: {first_line(exc)}") from None
 
 
 def _check(model) -> None:

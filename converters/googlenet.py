@@ -146,8 +146,10 @@ class GoogLeNet(nn.Module):
     """GoogLeNet with optional aux heads.
 
     Eval mode returns the main logits; training mode with aux heads returns
-    :class:`GoogLeNetOutputs`. ``transform_input`` (torchvision) maps ImageNet-normalized
-    input to the [-1, 1] scaling torchvision's ImageNet weights were trained on.
+    :class:`GoogLeNetOutputs`. ``transform_input``, in either layout, makes forward()
+    first turn its ImageNet-normalized input ((v - mean) / std per channel) into
+    (v - 0.5) / 0.5, the [-1, 1] input torchvision's ImageNet weights expect; the
+    exporter turns it on by default for the torchvision layout.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class GoogLeNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged, or with ``transform_input`` re-scaled from ImageNet normalization to [-1, 1]."""
         if not self.transform_input:
             return x
         # Channel c: x * (std_c / 0.5) + (mean_c - 0.5) / 0.5, as torchvision does.
@@ -257,5 +260,5 @@ def googlenet_loss(outputs, target: torch.Tensor) -> torch.Tensor:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameter count (BatchNorm running statistics excluded)."""
+    """Elements in all of ``model``'s parameters, frozen ones too; buffers (BatchNorm running statistics) are not counted."""
     return sum(p.numel() for p in model.parameters())

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.bundle import sha256_file
-from runtimes.errors import ExportError
+from converters.errors import ExportError
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec, variant_path
 
 PRECISIONS = ("int8", "fp16")

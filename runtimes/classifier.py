@@ -1,8 +1,10 @@
-"""The Python API: image files or bytes in, top-k labels with probabilities out.
+"""The Python API: image files, their bytes or decoded frames in, top-k labels with probabilities out.
 
     with Classifier("artifacts/googlenet.onnx", provider="cpu") as clf:
         for p in clf.predict(["cat.jpg", "dog.png"], topk=3):
             print(p.image, p.error or p.topk[0].label)
+        clf.predict(cv2.imread("cat.jpg"))                       # a BGR frame, as OpenCV and cameras give
+        clf.predict(np.asarray(pil_image), frame_order="RGB")    # an RGB one
 
 A bad image becomes a Prediction with ``error`` set; the rest are still classified.
 Images are read, decoded and preprocessed by a small pool of worker threads (OpenCV,
@@ -29,7 +31,9 @@ from runtimes.adapters import create_runner
 from runtimes.errors import ImageError
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
 
-ImageInput = str | Path | bytes
+# A path, an image file's bytes, or a decoded (H, W, 3) uint8 frame.
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
+_BYTES = (bytes, bytearray, memoryview)
 DEFAULT_BATCH_SIZE = 8
 # Batches being prepared ahead of the one being inferred: enough to keep the workers
 # busy through an inference call, few enough to bound memory.
@@ -93,6 +97,9 @@ class Classifier:
     ``exact`` makes every image take the PIL-identical path; by default large JPEGs are
     decoded at reduced size in the DCT domain (see ``runtimes.preprocess``).
     ``workers`` is the number of preprocessing threads (default: one per CPU, at most 8).
+    ``max_pixels`` refuses a file that would decode to more than that many 8-bit RGB
+    pixels' worth of memory (16-bit images count twice), before decoding it (default:
+    ``runtimes.preprocess.MAX_PIXELS``).
     """
 
     def __init__(
@@ -104,13 +111,17 @@ class Classifier:
         spec: ModelSpec | None = None,
         exact: bool = False,
         workers: int | None = None,
+        max_pixels: int | None = None,
         **options: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
         self.batch_size = batch_size
+        self.max_pixels = max_pixels or preprocess.MAX_PIXELS
         self.exact = exact
         self.workers = workers or default_workers()
         self.runner = create_runner(provider, model_path, spec, batch_size=batch_size, **options).load()
@@ -124,18 +135,36 @@ class Classifier:
         """What really runs the graph (see Runner.active_providers)."""
         return self.runner.active_providers()
 
-    def predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> list[Prediction]:
-        """Predictions for ``images`` (paths or encoded bytes), in input order."""
-        return list(self.iter_predict(images, topk))
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], topk: int = 5, *, frame_order: str = "BGR"
+    ) -> list[Prediction]:
+        """Predictions for ``images``, in input order.
 
-    def iter_predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> Iterator[Prediction]:
-        """Like :meth:`predict`, yielding each batch's predictions as soon as it is done.
+        Each image is a path, the bytes of an image file (bytes, bytearray, memoryview),
+        or a decoded (H, W, 3) uint8 frame whose channels are in ``frame_order``: "BGR"
+        (cv2.imread, cv2.VideoCapture, most cameras) or "RGB" (PIL, imageio). A 4-D
+        array is a stack of frames. A frame is preprocessed as the exact path preprocesses
+        its file (``exact=True``); a file or its bytes may take the fast path, which moves
+        a large JPEG's input by a few levels (see ``runtimes.preprocess``).
+        """
+        return list(self.iter_predict(images, topk, frame_order=frame_order))
 
-        ``images`` may be a lazy iterable: it is consumed only a few batches ahead.
+    def iter_predict(
+        self, images: ImageInput | Iterable[ImageInput], topk: int = 5, *, frame_order: str = "BGR"
+    ) -> Iterator[Prediction]:
+        """A generator of :meth:`predict`'s results, in input order, a batch at a time.
+
+        Nothing happens until the first result is asked for: then ``topk`` is checked, the
+        workers start preprocessing up to ``1 + PREFETCH_BATCHES`` batches taken from
+        ``images`` (so a lazy iterable is consumed only that far ahead), and each batch is
+        inferred once its images are ready; its predictions are yielded before the next
+        batch is inferred. Closing the generator early stops the workers.
         """
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
-        items = iter([images] if isinstance(images, (str, Path, bytes)) else images)
+        preprocess.check_frame_order(frame_order)
+        one = isinstance(images, (str, os.PathLike, *_BYTES)) or (isinstance(images, np.ndarray) and images.ndim != 4)
+        items = iter([images] if one else images)
         k = min(topk, self.spec.num_classes)
         ahead = self.batch_size * (1 + PREFETCH_BATCHES)
         pending: collections.deque[Future] = collections.deque()
@@ -144,7 +173,7 @@ class Classifier:
 
         def refill() -> None:
             for item in itertools.islice(items, ahead - len(pending)):
-                pending.append(pool.submit(self._load, item, next(numbered)))
+                pending.append(pool.submit(self._load, item, next(numbered), frame_order))
 
         try:
             refill()
@@ -159,7 +188,9 @@ class Classifier:
         tensors = {i: t for i, (_, t, _) in enumerate(loaded) if not isinstance(t, str)}
         rows = {}
         if tensors:
-            probs = softmax(self.runner.infer(preprocess.stack(list(tensors.values()))))
+            outputs = self.runner.infer(preprocess.stack(list(tensors.values())))
+            # a model from elsewhere may end in a softmax already (its spec says "probabilities")
+            probs = softmax(outputs) if self.spec.output_kind == "logits" else outputs.astype(np.float64)
             rows = dict(zip(tensors, probs))
         return [
             Prediction(name, top_scores(rows[i], self.spec.labels, k), preprocess=mode)
@@ -167,18 +198,15 @@ class Classifier:
             for i, (name, result, mode) in enumerate(loaded)
         ]
 
-    def _load(self, item: ImageInput, index: int) -> tuple[str, np.ndarray | str, str | None]:
+    def _load(self, item: ImageInput, index: int, frame_order: str) -> tuple[str, np.ndarray | str, str | None]:
         """(name, preprocessed CHW tensor, mode) or (name, error message, None); runs in a worker."""
-        if isinstance(item, bytes):
-            name, data = f"<bytes #{index}>", item
-        else:
-            name = str(item)
-            try:
-                data = Path(item).read_bytes()
-            except OSError as exc:
-                return name, f"cannot read: {exc.strerror or exc}", None
+        name = _name(item, index)
         try:
-            tensor, mode = preprocess.load_with_mode(data, self.spec, name, fast=not self.exact)
+            if isinstance(item, np.ndarray):
+                rgb = preprocess.frame_to_rgb(item, frame_order, name)
+                return name, preprocess.prepare(rgb, self.spec), preprocess.EXACT
+            data = bytes(item) if isinstance(item, _BYTES) else _read(item, name)
+            tensor, mode = preprocess.load_with_mode(data, self.spec, name, fast=not self.exact, max_pixels=self.max_pixels)
             return name, tensor, mode
         except ImageError as exc:
             return name, str(exc).removeprefix(f"{name}: "), None  # the Prediction names the image already
@@ -192,3 +220,20 @@ class Classifier:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _name(item: object, index: int) -> str:
+    """What a Prediction calls an input: a path as given, else its kind and position."""
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    kind = "frame" if isinstance(item, np.ndarray) else "bytes" if isinstance(item, _BYTES) else type(item).__name__
+    return f"<{kind} #{index}>"
+
+
+def _read(path: object, name: str) -> bytes:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"{name}: not an image; pass a path, an image file's bytes or a decoded (H, W, 3) uint8 frame")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None

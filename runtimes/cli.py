@@ -1,4 +1,20 @@
-"""What every command-line entry point shares: one-line errors, no tracebacks, checked numbers."""
+"""What every command-line entry point shares: one-line errors, no tracebacks, checked numbers.
+
+Exit statuses, the same for every command (converters.*, runtimes.*, deploy.*, samples.demo),
+and the README's table lists them too:
+
+    0                         everything done and passed
+    1    EXIT_FAILED          it ran, but a result failed: an image could not be classified
+                              (runtimes.run), top-1 dropped beyond --max-top1-drop
+                              (runtimes.evaluate), the demo's accuracy is below its floor
+    2    EXIT_USER_ERROR      a mistake in the input: bad option, missing or corrupt file,
+                              unknown or unloadable provider (one ``error:`` line; argparse
+                              also exits 2)
+    3    EXIT_PARITY_FAILED   a model does not give PyTorch's answers within tolerance
+                              (converters.export's parity gate, runtimes.verify)
+    130  EXIT_INTERRUPTED     Ctrl-C
+    141  EXIT_BROKEN_PIPE     the reader of stdout stopped early (``| head``)
+"""
 
 from __future__ import annotations
 
@@ -9,6 +25,8 @@ from typing import Callable
 
 from runtimes.errors import ParityError, ToolkitError
 
+# The command ran, but some result failed: not the user's mistake, not a parity failure.
+EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 # A model that does not give PyTorch's answers within tolerance: not a user mistake.
 EXIT_PARITY_FAILED = 3
@@ -16,10 +34,16 @@ EXIT_PARITY_FAILED = 3
 # Not 0: that would claim every image was classified; 141 is what `set -o pipefail`
 # already expects from grep or cat in the same pipeline.
 EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit with its status; a ToolkitError becomes one line on stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        # A file name the console's encoding cannot show (Chinese on an ASCII or cp1252
+        # console) is printed escaped, \u732b.jpg, instead of raising UnicodeEncodeError.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         status = main()
     except ParityError as exc:
@@ -30,7 +54,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # Point stdout at /dev/null so the interpreter's final flush of what is still
         # buffered cannot raise a second BrokenPipeError on the way out.

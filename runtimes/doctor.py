@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from runtimes.cli import run_cli
+from runtimes.errors import first_line
 from runtimes.versions import package_versions
 
 # Library -> the distributions that may provide it, preferred first.
@@ -113,7 +114,7 @@ def precision_report() -> list[str]:
         note = "" if "FP16" in capabilities else "; --precision f16 runs as bf16" if "BF16" in capabilities else "; f16/bf16 run as f32"
         lines.append(f"openvino  {', '.join(supported)} (OpenVINO's CPU capabilities{', ' + '/'.join(bf16) if bf16 else ''}){note}")
     except Exception as exc:  # not installed, or no CPU plugin
-        lines.append(f"openvino  unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        lines.append(f"openvino  unavailable: {type(exc).__name__}: {first_line(exc)}")
     lines.append("opencv    fp32; the fp16 variant made by ONNX Runtime's converter does not import")
     return lines
 

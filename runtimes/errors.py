@@ -1,6 +1,7 @@
 """Typed errors. Each message says what was asked, what was found, and the fix.
 
 Library code raises these; only CLI entry points catch them (see ``runtimes.cli``).
+The converters' own errors live in ``converters.errors``.
 """
 
 
@@ -8,16 +9,11 @@ class ToolkitError(Exception):
     """Base class for every user-facing error of this toolkit."""
 
 
-class CheckpointError(ToolkitError):
-    """A checkpoint is unreadable, unsafe, or does not fit the model."""
-
-
-class ExportError(ToolkitError):
-    """Exporting or checking the ONNX graph failed."""
-
-
 class ParityError(ToolkitError):
-    """ONNX Runtime disagrees with PyTorch beyond tolerance; ``stats`` has every batch's numbers."""
+    """A model's logits disagree with PyTorch's beyond tolerance; ``stats`` has every batch's numbers.
+
+    Not a user error: ``runtimes.cli.run_cli`` exits with EXIT_PARITY_FAILED for it.
+    """
 
     def __init__(self, message: str, stats: tuple = ()) -> None:
         super().__init__(message)
@@ -38,3 +34,15 @@ class ImageError(ToolkitError):
 
 class BundleError(ToolkitError):
     """A deployment bundle or reference-answers file is missing, tampered with, truncated or too new."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library exception's message that says something, else its type name.
+
+    Blank lines and OpenVINO's "Exception from src/.../core.cpp:84:" headers (one per
+    C++ layer) say nothing, so they are skipped; a message of nothing else gives its first line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return next((line for line in lines if not line.startswith("Exception from ")), lines[0])

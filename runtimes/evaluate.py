@@ -19,12 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtimes.cli import positive_int, run_cli
+from runtimes.cli import EXIT_FAILED, positive_int, run_cli
 from runtimes.errors import ImageError, ModelSpecError
-from runtimes.run import Progress
+from runtimes.run import Progress, add_max_pixels
 from runtimes.spec import DEFAULT_MODEL
-
-EXIT_GATE_FAILED = 1
 
 
 @dataclass
@@ -100,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-top1-drop", type=float, metavar="POINTS", help="exit 1 if top-1 drops more than this against --reference")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_max_pixels(parser)
     args = parser.parse_args(argv)
     if args.max_top1_drop is not None and args.reference is None:
         parser.error("--max-top1-drop needs --reference")
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtimes.run import runner_options
 
     options = runner_options(args.provider, precision=args.precision)
-    with Classifier(args.model, args.provider, batch_size=args.batch_size, exact=True, **options) as clf:
+    shared = dict(batch_size=args.batch_size, exact=True, max_pixels=args.max_pixels)
+    with Classifier(args.model, args.provider, **shared, **options) as clf:
         files = labelled_files(args.data, clf.spec.labels)
         if not files:
             raise ImageError(f"{args.data}: no images in its class folders")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
               "confusions": result.confusions, "unreadable": result.unreadable}
     status = 0
     if args.reference is not None:
-        with Classifier(args.reference, "cpu", batch_size=args.batch_size, exact=True) as ref_clf:
+        with Classifier(args.reference, "cpu", **shared) as ref_clf:
             ref = evaluate(ref_clf, files, progress)
         both = [(a, b) for a, b in zip(result.predictions, ref.predictions) if a >= 0 and b >= 0]
         drop = (ref.top1 - result.top1) * 100
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                                "top1_drop_points": drop}
         if args.max_top1_drop is not None and drop > args.max_top1_drop:
             report["gate"] = f"failed: top-1 dropped {drop:.2f} points, more than {args.max_top1_drop:g}"
-            status = EXIT_GATE_FAILED
+            status = EXIT_FAILED
         elif args.max_top1_drop is not None:
             report["gate"] = f"passed: top-1 dropped {drop:.2f} points, at most {args.max_top1_drop:g}"
     progress.clear()

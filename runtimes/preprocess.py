@@ -28,7 +28,10 @@ rounding (PIL takes the high byte of 16-bit RGB and clips 16-bit grayscale to 25
 from __future__ import annotations
 
 import functools
+import glob
+import os
 import struct
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -39,13 +42,18 @@ from runtimes.errors import ImageError, ModelSpecError
 from runtimes.spec import ModelSpec
 
 __all__ = [
-    "EXACT", "FAST", "IMAGE_EXTENSIONS", "MAX_PIXELS", "decode_image", "find_images", "load", "load_with_mode", "prepare", "stack",
+    "EXACT", "FAST", "FRAME_ORDERS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "check_frame_order", "decode_image", "find_images",
+    "frame_to_rgb", "glob_images", "load", "load_with_mode", "prepare", "stack",
 ]
 
 EXACT, FAST = "exact", "fast"  # the preprocessing an image went through
 
-# Decompression-bomb guard: a 1 KB PNG can claim 100000x100000 pixels. 2**27 (134 MP)
-# is above any common camera sensor; 16-bit RGB at that size is already 800 MB.
+# Decompression-bomb guard: a 1 KB PNG can claim 100000x100000 pixels. It counts the
+# bytes OpenCV will allocate, read from the header before decoding: width x height x 3
+# channels (we always decode to color) x 1 or 2 bytes a sample. The limit is MAX_PIXELS
+# 8-bit RGB pixels' worth (384 MiB); a 16-bit image counts twice, so a 3 MB 16-bit PNG
+# of 100 MP (600 MB decoded, 2.9 GB peak before this guard) is refused in microseconds.
+# 2**27 (134 MP) is above any common camera sensor.
 MAX_PIXELS = 1 << 27
 
 # IMREAD_COLOR: gray and palette become 3 channels and alpha is dropped, as PIL's
@@ -72,7 +80,11 @@ _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2
 
 
 def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode image file bytes to an upright RGB uint8 (H, W, 3) C-contiguous array."""
+    """Decode image file bytes to an upright RGB uint8 (H, W, 3) C-contiguous array.
+
+    Refuses an image that would decode to more than ``max_pixels`` 8-bit RGB pixels' worth
+    of memory (a 16-bit image counts twice), from its header, before decoding it.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(
             f"{name}: decode_image() takes the file's bytes, got {type(data).__name__}; "
@@ -92,8 +104,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PI
             f"{name}: cannot decode these {len(data)} bytes as {_sniff_format(data)}: the file is corrupt or "
             f"incomplete, or OpenCV {cv2.__version__} cannot read this kind; re-download it or re-save it as JPEG or PNG"
         )
-    if img.shape[0] * img.shape[1] > max_pixels:  # a header _header_size could not parse
-        raise ImageError(_too_large(name, img.shape[1], img.shape[0], max_pixels))
+    _check_size(name, img.shape[1], img.shape[0], img.dtype.itemsize, max_pixels)  # a header we could not parse
     img = _to_uint8(img, name)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
@@ -107,19 +118,30 @@ def _to_uint8(img: np.ndarray, name: str) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
-        # round(v / 257) maps 0..65535 onto 0..255 exactly; ties cannot occur
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        # round(v / 257) maps 0..65535 onto 0..255 exactly (ties cannot occur), in one
+        # pass with no wider temporary: float32 is far more precise than the 0.002
+        # distance to the nearest tie (all 65536 values are tested).
+        return cv2.convertScaleAbs(img, alpha=1 / 257)
     raise ImageError(
         f"{name}: decoded to {img.dtype} samples; only 8- and 16-bit integer images are supported; "
         "convert it to an 8-bit PNG or JPEG"
     )
 
 
-def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:
-    return (
-        f"{name}: image is {width}x{height} = {width * height:,} pixels, over the {max_pixels:,}-pixel "
-        "limit that guards against decompression bombs; "
-        "downscale it first or pass a larger max_pixels"
+def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixels: int) -> None:
+    """Refuse an image whose decoded (H, W, 3) array would take more than ``max_pixels`` 8-bit RGB pixels."""
+    pixels = width * height
+    if pixels * sample_bytes <= max_pixels:
+        return
+    size = f"{width}x{height} = {pixels:,} pixels"
+    if sample_bytes > 1:
+        size += (
+            f" of {8 * sample_bytes} bits ({3 * sample_bytes * pixels:,} bytes decoded, "
+            f"as much as {sample_bytes * pixels:,} 8-bit pixels)"
+        )
+    raise ImageError(
+        f"{name}: image is {size}, over the {max_pixels:,}-pixel limit that guards against decompression bombs; "
+        "downscale it first or pass a larger max_pixels (--max-pixels on the command line)"
     )
 
 
@@ -135,15 +157,14 @@ def _check_header(data: bytes, name: str, max_pixels: int) -> None:
             "check the path, or convert the image to JPEG or PNG"
         )
     try:
-        size = _header_size(data, kind)
+        shape = _header_shape(data, kind)
     except (struct.error, IndexError):
-        size = None  # header too short to parse: the decoder will say it is invalid
-    if size is not None:
-        width, height = size
+        shape = None  # header too short to parse: the decoder will say it is invalid
+    if shape is not None:
+        width, height, bits = shape
         if width == 0 or height == 0:
             raise ImageError(f"{name}: header says the image is {width}x{height} pixels; the file is corrupt or empty")
-        if width * height > max_pixels:
-            raise ImageError(_too_large(name, width, height, max_pixels))
+        _check_size(name, width, height, 2 if bits > 8 else 1, max_pixels)
     # OpenCV 4.x returns a JPEG that stops early padded with gray (5.0 refuses it).
     # Refuse it on every version, like PIL: the gray rows would be classified as content.
     if kind == "JPEG":
@@ -163,15 +184,63 @@ _FORMATS = {  # name -> (magic bytes at offset 0, file extensions)
     "WebP": ((b"RIFF",), (".webp",)),  # and "WEBP" at offset 8
     "TIFF": ((b"II*\x00", b"MM\x00*"), (".tif", ".tiff")),
 }
-# What a folder search picks up (runtimes.run): exactly the formats decode_image accepts.
-IMAGE_EXTENSIONS = frozenset(ext for _, extensions in _FORMATS.values() for ext in extensions)
+# A 1x1 GIF: OpenCV decodes GIF only from 4.11 on, and only where it was built with it.
+_TINY_GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 
 
-def find_images(folder) -> list:
-    """Every file under ``folder`` (recursively) with an image extension, in sorted order."""
-    from pathlib import Path
+def _opencv_decodes(data: bytes) -> bool:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
 
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+# What a folder search picks up (runtimes.run): the formats decode_image accepts that
+# this OpenCV build decodes.
+IMAGE_EXTENSIONS = frozenset(
+    ext for kind, (_, extensions) in _FORMATS.items() for ext in extensions if kind != "GIF" or _opencv_decodes(_TINY_GIF)
+)
+
+
+def find_images(folder) -> list[Path]:
+    """Every image file under ``folder`` (recursively), in sorted order.
+
+    As shell globs do, hidden files and folders (names starting with a dot, such as
+    macOS's ``._photo.jpg``) are skipped. Linked folders are followed, each real folder
+    once, so a link back up the tree cannot loop.
+    """
+    found = []
+    for top, names in _walk(Path(folder)):
+        found += [p for p in (top / n for n in names) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(found)
+
+
+def glob_images(pattern: str) -> list[Path]:
+    """The files matching a glob, in sorted order; ``**`` matches any folders below, walked as find_images walks them.
+
+    Python's glob follows a link cycle until the path is too long to open: with
+    ``loop/up -> ..``, ``**/*.jpg`` found 3 files 41 times over.
+    """
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return sorted(Path(m) for m in glob.glob(pattern) if os.path.isfile(m))
+    at = parts.index("**")
+    head, tail = parts[:at], parts[at + 1 :] or ("*",)
+    found: set[Path] = set()
+    for base in glob.glob(str(Path(*head))) if head else ["."]:
+        for top, _ in _walk(Path(base)):
+            found.update(glob_images(os.path.join(glob.escape(str(top)), *tail)))
+    return sorted(found)
+
+
+def _walk(root: Path):
+    """(folder, names of its visible files) for ``root`` and every visible folder below it, each real folder once."""
+    seen = set()
+    for top, folders, files in os.walk(root, followlinks=True):
+        info = os.stat(top)
+        if (info.st_dev, info.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        yield Path(top), [f for f in files if not f.startswith(".")]
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -181,42 +250,46 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _header_size(data: bytes, kind: str) -> tuple[int, int] | None:
-    """(width, height) from the header of a ``kind`` file, or None where it cannot be read."""
+def _header_shape(data: bytes, kind: str) -> tuple[int, int, int] | None:
+    """(width, height, bits per sample) from the header of a ``kind`` file, or None where it cannot be read."""
     if kind == "PNG" and data[12:16] == b"IHDR":
-        return struct.unpack(">II", data[16:24])
+        return (*struct.unpack(">II", data[16:24]), data[24])
     if kind == "GIF":
-        return struct.unpack("<HH", data[6:10])
+        return (*struct.unpack("<HH", data[6:10]), 8)
     if kind == "BMP" and struct.unpack("<I", data[14:18])[0] >= 40:
         width, height = struct.unpack("<ii", data[18:26])
-        return abs(width), abs(height)  # negative height means top-down rows
+        return abs(width), abs(height), 8  # negative height means top-down rows; OpenCV reads BMP as 8-bit
     if kind == "WebP":
         chunk = data[12:16]
         if chunk == b"VP8X":
-            return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+            return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little"), 8
         if chunk == b"VP8L":
             bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 8
         if chunk == b"VP8 ":
             width, height = struct.unpack("<HH", data[26:30])
-            return width & 0x3FFF, height & 0x3FFF
+            return width & 0x3FFF, height & 0x3FFF, 8
     if kind == "TIFF":
-        return _tiff_size(data)
+        return _tiff_shape(data)
     if kind == "JPEG":
-        return _jpeg_size(data)
+        return _jpeg_shape(data)
     return None
 
 
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
+def _tiff_shape(data: bytes) -> tuple[int, int, int] | None:
     order = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack(order + "I", data[4:8])
     (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
-    tags = {}
+    tags = {258: 1}  # BitsPerSample defaults to 1
     for i in range(min(count, 512)):
-        tag, kind, _, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
-            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
-    return (tags[256], tags[257]) if len(tags) == 2 else None
+        tag, kind, values, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+        if tag in (256, 257, 258):  # ImageWidth, ImageLength, BitsPerSample: SHORT (3) or LONG (4)
+            size = 2 if kind == 3 else 4
+            if values * size > 4:  # several values (one per sample) are stored at an offset; read the first
+                (offset,) = struct.unpack(order + "I", value)
+                value = data[offset : offset + size]
+            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:size])[0]
+    return (tags[256], tags[257], tags[258]) if len(tags) == 3 else None
 
 
 def _jpeg_segments(data: bytes):
@@ -237,11 +310,11 @@ def _jpeg_segments(data: bytes):
         i += 2 + length
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_shape(data: bytes) -> tuple[int, int, int] | None:
     for marker, i, _ in _jpeg_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
+            bits, height, width = struct.unpack(">BHH", data[i + 4 : i + 9])
+            return width, height, bits
     return None
 
 
@@ -276,24 +349,50 @@ def prepare(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return _normalize(_pad_to(img, new_h, new_w, spec.crop_size), spec)
 
 
-def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False) -> np.ndarray:
+def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Image file bytes to the model's (3, crop, crop) input: decode_image() then prepare().
 
     ``fast`` lets a large JPEG take the DCT-domain path (see the module docstring).
     """
-    return load_with_mode(data, spec, name, fast=fast)[0]
+    return load_with_mode(data, spec, name, fast=fast, max_pixels=max_pixels)[0]
 
 
-def load_with_mode(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False) -> tuple[np.ndarray, str]:
+def load_with_mode(
+    data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, str]:
     """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
     if fast:
         reduction = _fast_reduction(data, spec)
         if reduction is not None:
-            _check_header(data, name, MAX_PIXELS)  # the exact path's guards
+            _check_header(data, name, max_pixels)  # the exact path's guards
             tensor = _load_reduced(data, spec, reduction)
             if tensor is not None:
                 return tensor, FAST
-    return prepare(decode_image(data, name), spec), EXACT
+    return prepare(decode_image(data, name, max_pixels=max_pixels), spec), EXACT
+
+
+FRAME_ORDERS = ("BGR", "RGB")
+
+
+def check_frame_order(order: str) -> None:
+    """Raise ValueError unless ``order`` is one of FRAME_ORDERS."""
+    if order not in FRAME_ORDERS:
+        raise ValueError(f"frame_order must be one of {', '.join(FRAME_ORDERS)}, got {order!r}")
+
+
+def frame_to_rgb(frame: np.ndarray, order: str = "BGR", name: str = "<frame>") -> np.ndarray:
+    """A decoded (H, W, 3) uint8 frame whose channels are in ``order`` as the RGB array prepare() takes.
+
+    BGR is what cv2.imread, cv2.VideoCapture and most camera SDKs give; RGB what PIL and imageio give.
+    """
+    check_frame_order(order)
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or not frame.size:
+        found = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ImageError(
+            f"{name}: a frame must be a non-empty (H, W, 3) uint8 array, got {found}; convert it first "
+            "(cv2.cvtColor for gray or 4 channels, 8 bits a sample) or pass the image file's bytes"
+        )
+    return frame if order == "RGB" else frame[..., ::-1]
 
 
 def _fast_reduction(data: bytes, spec: ModelSpec) -> tuple[int, int, tuple[int, int]] | None:
@@ -301,11 +400,12 @@ def _fast_reduction(data: bytes, spec: ModelSpec) -> tuple[int, int, tuple[int, 
     if _sniff_format(data) != "JPEG":
         return None
     try:
-        size = _jpeg_size(data)
+        shape = _jpeg_shape(data)
     except (struct.error, IndexError):
         return None
-    if size is None:
+    if shape is None:
         return None
+    size = shape[:2]
     short = min(size)
     for factor, flag in _REDUCED:
         if short // factor >= 2 * spec.resize_size:
@@ -403,7 +503,7 @@ def _normalize(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
         raise ModelSpecError(f"model spec asks for channel order {spec.channel_order!r}; supported: RGB, BGR")
     if order == "BGR":  # mean and std are listed in the model's channel order
         img = img[..., ::-1]
-    table = _normalize_table(spec.mean, spec.std)
+    table = _normalize_table(spec.mean, spec.std, spec.scale)
     out = np.empty((3, *img.shape[:2]), np.float32)
     for channel in range(3):
         np.take(table[channel], img[..., channel], out=out[channel])
@@ -411,7 +511,7 @@ def _normalize(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(3, 256) float32: ((v / 255) - mean) / std in torchvision's float32 operation order."""
-    levels = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> np.ndarray:
+    """(3, 256) float32: ((v / (255 / scale)) - mean) / std; at scale 1 torchvision's float32 operations exactly."""
+    levels = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0 / scale)
     return (levels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]

@@ -3,7 +3,8 @@
     python -m runtimes.run [--provider cpu] [--json] IMAGES...
     python -m runtimes.run --bundle DIR IMAGES...   # the bundle's model and provider preference
 
-IMAGES are files, directories (searched recursively for image extensions) or globs.
+IMAGES are files, directories (searched recursively for image extensions, hidden files
+skipped), globs, or ``-`` for one image read from stdin (``... run - < photo.jpg``).
 Each image gets its result or its own error; the exit status is 1 if any failed,
 2 for a user mistake (unknown provider, missing model), reported in one line, and 141
 when the reader of stdout stops early (``| head -1``).
@@ -12,17 +13,18 @@ when the reader of stdout stops early (``| head -1``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import non_negative_int, positive_int, run_cli
+from runtimes.cli import EXIT_FAILED, non_negative_int, positive_int, run_cli
 from runtimes.errors import ImageError, ProviderError
 from runtimes.spec import DEFAULT_MODEL
 
-EXIT_SOME_FAILED = 1
+STDIN = "-"  # the IMAGES argument that reads one image from stdin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m runtimes.run",
         description="Classify images with an exported GoogLeNet on ONNX Runtime, OpenVINO or OpenCV.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, directories or globs")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, directories, globs, or - for stdin")
     parser.add_argument(
         "--provider", help="cpu, cuda, tensorrt, openvino, opencv or torch (default: the bundle's preference, else cpu)"
     )
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PIL-identical preprocessing for every image (default: large JPEGs are decoded at reduced size, faster)",
     )
     parser.add_argument("--workers", type=positive_int, help="preprocessing threads (default: one per CPU, at most 8)")
+    add_max_pixels(parser)
     parser.add_argument("--allow-fallback", action="store_true", help="cuda/tensorrt: run on CPU instead of failing")
     parser.add_argument("--device-id", type=non_negative_int, help="cuda/tensorrt: GPU index (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
@@ -55,12 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """The --max-pixels option of every command that decodes image files."""
+    parser.add_argument(
+        "--max-pixels", type=positive_int, metavar="N",
+        help="refuse an image that decodes to more memory than N 8-bit RGB pixels (16-bit ones count twice), "
+        "a guard against decompression bombs (default: 134217728)",
+    )
+
+
 def collect_images(inputs: list[str]) -> list[Path]:
     """Expand directories (recursively, image extensions only) and globs, in argument order.
 
-    A path that matches nothing is kept as is, so it is reported as its own error.
+    A path that matches nothing is kept as is, so it is reported as its own error; so is
+    ``-`` (stdin).
     """
-    from runtimes.preprocess import find_images  # imports cv2: not before --help is handled
+    from runtimes.preprocess import find_images, glob_images  # imports cv2: not before --help is handled
 
     found: list[Path] = []
     for text in inputs:
@@ -68,11 +81,17 @@ def collect_images(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found += find_images(path)
         elif not path.exists() and glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            found += [Path(m) for m in matches if Path(m).is_file()] if matches else [path]
+            found += glob_images(text) or [path]
         else:
             found.append(path)
     return found
+
+
+def read_stdin() -> bytes:
+    """The image piped to stdin, for the argument ``-``."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ImageError(f"{STDIN} reads one image from stdin, but stdin is a terminal; pipe one in: ... {STDIN} < photo.jpg")
+    return sys.stdin.buffer.read()
 
 
 class Progress:
@@ -145,6 +164,7 @@ def classify(
     json_lines: bool = False,
     exact: bool = False,
     workers: int | None = None,
+    max_pixels: int | None = None,
     allow_fallback: bool = False,
     device_id: int | None = None,
     threads: int | None = None,
@@ -172,6 +192,7 @@ def classify(
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    inputs = [read_stdin() if str(p) == STDIN else p for p in paths]  # read before the model loads
     with contextlib.ExitStack() as stack:
         spec, providers = None, (provider or "cpu",)
         if bundle is not None:
@@ -185,7 +206,10 @@ def classify(
 
         def load(name: str) -> Classifier:
             options = runner_options(name, lenient=lenient, **given)
-            return Classifier(model, name, batch_size=batch_size, spec=spec, exact=exact, workers=workers, **options)
+            return Classifier(
+                model, name, batch_size=batch_size, spec=spec, exact=exact, workers=workers,
+                max_pixels=max_pixels, **options,
+            )
 
         classifier, used, skipped = first_loadable(providers, load)
         for reason in skipped:
@@ -193,15 +217,20 @@ def classify(
         if len(providers) > 1:
             print(f"provider: {used} ({', '.join(classifier.active_providers())})", file=err)
         with classifier:
-            return _classify_paths(classifier, paths, topk, json_lines, batch_size, out, err)
+            return _classify_paths(classifier, inputs, topk, json_lines, batch_size, out, err)
 
 
-def _classify_paths(classifier, paths: list[Path], topk: int, json_lines: bool, batch_size: int, out, err) -> int:
-    """Print each image's prediction as it is ready; 0 if all succeeded, 1 if any failed."""
+def _classify_paths(classifier, paths: list[Path | bytes], topk: int, json_lines: bool, batch_size: int, out, err) -> int:
+    """Print each image's prediction as it is ready; 0 if all succeeded, 1 if any failed.
+
+    ``paths`` holds the bytes read from stdin where ``-`` was given; its record says ``-``.
+    """
     failed = 0
     label_width = min(40, max(map(len, classifier.spec.labels)))
     progress = Progress(len(paths), err, batch_size)
-    for prediction in classifier.iter_predict(paths, topk):
+    for path, prediction in zip(paths, classifier.iter_predict(paths, topk)):
+        if isinstance(path, bytes):
+            prediction = dataclasses.replace(prediction, image=STDIN)
         progress.clear()
         failed += not prediction.ok
         record = json.dumps(prediction.to_dict()) if json_lines else format_prediction(prediction, label_width)
@@ -210,7 +239,7 @@ def _classify_paths(classifier, paths: list[Path], topk: int, json_lines: bool, 
         progress.advance(1)
     if failed:
         print(f"error: {failed} of {len(paths)} images could not be classified", file=err)
-    return EXIT_SOME_FAILED if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

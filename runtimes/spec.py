@@ -2,7 +2,8 @@
 
 The exporter writes a :class:`ModelSpec` as JSON into ``metadata_props`` under
 :data:`METADATA_KEY`; every runtime reads it back from there. This is the single
-source of truth for mean, std, resize, crop and channel order: nothing re-types them.
+source of truth for mean, std, scale, resize, crop, channel order and what the output
+is: nothing re-types them. ``converters.annotate`` writes one into an ONNX file from elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DEFAULT_MODEL = Path("artifacts/googlenet.onnx")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT_KINDS = ("logits", "probabilities")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,15 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
-    transform_input: bool = False  # already baked into the graph; informational
+    # Pixel levels 0..255 become 0..scale before mean and std apply: 1 for torchvision's
+    # ToTensor, 255 for Caffe-trained models (mean subtraction in levels, no std).
+    scale: float = 1.0
+    # "logits" (runtimes apply softmax for probabilities) or "probabilities" (the graph
+    # ends in a softmax already).
+    output_kind: str = "logits"
+    # Whether the graph re-scales its ImageNet-normalized input to [-1, 1] first (baked
+    # in: runtimes feed the same input either way); the torch runner rebuilds it so.
+    transform_input: bool = False
     precision: str = "fp32"
     # The source checkpoint: its file name (never a path) and the sha256 of its bytes,
     # which the torch reference runner checks before it answers for this model.
@@ -96,7 +106,8 @@ class ModelSpec:
         if METADATA_KEY not in metadata:
             raise ModelSpecError(
                 f"{source}: no {METADATA_KEY} metadata, so its preprocessing is unknown; "
-                "export it with `python -m converters.export`"
+                "export it with `python -m converters.export`, or describe a model from elsewhere "
+                "with `python -m converters.annotate MODEL --labels FILE`"
             )
         return cls.from_json(metadata[METADATA_KEY], source=source)
 
@@ -133,6 +144,21 @@ def _three_numbers(value: object) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
+def _positive_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TypeError
+    return float(value)
+
+
+def _one_of(choices: tuple[str, ...]):
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise TypeError
+        return value
+
+    return convert
+
+
 def _labels(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise TypeError
@@ -159,6 +185,8 @@ _FIELD_TYPES = {  # field -> (converter, what the message says was expected)
     "mean": (_three_numbers, "3 numbers"),
     "std": (_three_numbers, "3 numbers"),
     "channel_order": (_of_type(str), "a string"),
+    "scale": (_positive_number, "a positive number"),
+    "output_kind": (_one_of(OUTPUT_KINDS), " or ".join(OUTPUT_KINDS)),
     "transform_input": (_of_type(bool), "true or false"),
     "precision": (_of_type(str), "a string"),
     "checkpoint_name": (_of_type(str), "a string"),

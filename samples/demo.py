@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from converters.export import report_path_for
+from runtimes.cli import EXIT_FAILED
 from runtimes.errors import ToolkitError
 from runtimes.spec import DEFAULT_MODEL
 from samples.checkpoint import DEFAULT_CKPT, REPO_ROOT
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
           "deploy.bundle", "--model", str(args.model), "--out", str(bundle))
     _step("verify the bundle as a device would", "runtimes.verify", "--bundle", str(bundle))
     _latency(args.model)
-    return 0 if accuracy >= MIN_ACCURACY else 1
+    return 0 if accuracy >= MIN_ACCURACY else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runtimes.errors import ProviderError
+from runtimes.graph import check_spec, read_graph_io
 from runtimes.spec import ModelSpec, require_model
 
 if TYPE_CHECKING:  # numpy is imported by whoever builds the batch
@@ -40,6 +41,7 @@ class Runner(ABC):
         self.options = {**self.OPTIONS, **options}
         self._spec = spec
         self._loaded = False
+        self._fixed_batch: int | None = None  # the graph's batch size, where it is not free
 
     @property
     def spec(self) -> ModelSpec:
@@ -49,10 +51,11 @@ class Runner(ABC):
         return self._spec
 
     def load(self) -> "Runner":
-        """Build the runtime's session and read the spec; idempotent.
+        """Build the runtime's session, read the spec and check it against the graph; idempotent.
 
         Raises ProviderError if the runtime cannot run here or cannot load the file, and
-        ModelSpecError if the model lacks this toolkit's metadata.
+        ModelSpecError if the model lacks this toolkit's metadata or its spec does not
+        fit the graph (input and output names, input shape, number of classes).
         """
         if not self._loaded:
             require_model(self.model_path)
@@ -62,28 +65,43 @@ class Runner(ABC):
             else:
                 self._load_unavailable(reason)
             self._loaded = True
-            if self._spec is None:  # read after the session: ORT runners take it from there
-                try:
+            try:
+                if self._spec is None:  # read after the session: ORT runners take it from there
                     self._spec = self._read_spec()
-                except BaseException:
-                    self.close()
-                    raise
+                graph = read_graph_io(self.model_path)
+                check_spec(self._spec, graph, str(self.model_path))
+                self._fixed_batch = graph.fixed_batch
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def infer(self, batch: "np.ndarray") -> "np.ndarray":
-        """Logits (N, num_classes) for a float32 NCHW batch of preprocessed images."""
+        """The graph's output, (N, num_classes) logits or probabilities, for a float32 NCHW batch of preprocessed images."""
         if not self._loaded:
             raise ProviderError(f"{self.name} runner used before load(); use it as a context manager")
         size = self.spec.crop_size
         dtype, shape = str(getattr(batch, "dtype", type(batch).__name__)), tuple(getattr(batch, "shape", ()))
         if dtype != "float32" or len(shape) != 4 or shape[1:] != (3, size, size) or shape[0] < 1:
             raise ValueError(f"expected a float32 N x 3 x {size} x {size} batch, got {dtype} {shape}")
-        logits = self._infer_impl(batch)
+        fixed = self._fixed_batch
+        logits = self._infer_impl(batch) if fixed in (None, len(batch)) else self._infer_in_pieces(batch, fixed)
         if logits.shape != (len(batch), self.spec.num_classes):
             raise ProviderError(
                 f"{self.name} returned logits of shape {logits.shape}, expected {(len(batch), self.spec.num_classes)}"
             )
         return logits
+
+    def _infer_in_pieces(self, batch: "np.ndarray", size: int) -> "np.ndarray":
+        """For a graph whose batch size is fixed: pieces of ``size`` images, the last one zero-padded."""
+        import numpy as np
+
+        pieces = []
+        for start in range(0, len(batch), size):
+            piece = batch[start : start + size]
+            padding = np.zeros((size - len(piece), *piece.shape[1:]), piece.dtype)
+            pieces.append(self._infer_impl(np.concatenate([piece, padding]))[: len(piece)])
+        return np.concatenate(pieces)
 
     def active_providers(self) -> list[str]:
         """What actually executes the graph, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]."""

@@ -34,8 +34,15 @@ class CudaRunner(OrtRunner):
         # moves fp32 logits by ~1e-3 relative; fp32 here means fp32.
         return {"device_id": self.options["device_id"], "use_tf32": 0}
 
-    def _provider_chain(self) -> list[Any]:
+    def provider_options(self) -> list[Any]:
+        """ORT's ``providers`` argument: each provider with its options, first choice first.
+
+        Touches no GPU, so it is tested on machines without one."""
         return [(self.provider, self._cuda_options()), "CPUExecutionProvider"]
+
+    def _provider_chain(self) -> list[Any]:
+        """``provider_options()`` for this machine, with anything they need on disk created."""
+        return self.provider_options()
 
     def _load_impl(self) -> None:
         gpus = gpu_names()

@@ -8,6 +8,7 @@ shared object file") that we can put into a ProviderError.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
@@ -106,6 +107,8 @@ def provider_library_error(kind: str) -> str | None:
     library = capi / f"libonnxruntime_providers_{kind}.so"
     if not library.is_file():
         return f"this onnxruntime build has no {kind} provider ({library.name} missing; install onnxruntime-gpu)"
+    if isinstance(gpu_names(), tuple):  # without a GPU it could only list the libraries that are absent
+        ort_preload_dlls()
     for name in CUDA_LIBS + (TENSORRT_LIBS if kind == "tensorrt" else ()):
         load_library(name)
     try:
@@ -113,6 +116,23 @@ def provider_library_error(kind: str) -> str | None:
     except OSError as exc:
         return f"cannot load {library.name}: {exc}"
     return None
+
+
+@functools.cache
+def ort_preload_dlls() -> None:
+    """Let ONNX Runtime load the CUDA and cuDNN libraries its own build was made for, once.
+
+    ``onnxruntime.preload_dlls()`` (ORT 1.21 and later; older versions skip this) knows
+    its build's CUDA major version and the pip wheels' folder layout, which CUDA_LIBS
+    pins. It reports a library it cannot load with print(): that goes to stderr here,
+    not into the JSON Lines on stdout.
+    """
+    import onnxruntime
+
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(sys.stderr):
+            preload()
 
 
 @functools.cache

@@ -14,14 +14,7 @@ import queue
 from typing import Any
 
 from runtimes.adapters.base import Runner
-from runtimes.errors import ProviderError
-
-
-def _first_message(exc: Exception) -> str:
-    """The first line of an OpenVINO error that says something: its first lines are
-    "Exception from src/.../core.cpp:84:" frames, one per C++ layer."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return next((line for line in lines if not line.startswith("Exception from ")), lines[0] if lines else repr(exc))
+from runtimes.errors import ProviderError, first_line
 
 
 class OpenvinoRunner(Runner):
@@ -55,7 +48,7 @@ class OpenvinoRunner(Runner):
             model = frontend.convert(frontend.load(str(self.model_path)))
             self.compiled = core.compile_model(model, self.options["device"], config)
         except (RuntimeError, OpConversionFailure, GeneralFailure) as exc:  # every load failure
-            raise ProviderError(f"openvino: cannot load {self.model_path}: {_first_message(exc)}") from None
+            raise ProviderError(f"openvino: cannot load {self.model_path}: {first_line(exc)}") from None
         # One infer request per concurrent caller, reused: OpenVINO requests are not
         # thread-safe, but several run at once (the classifier, a server's threads).
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

@@ -10,7 +10,7 @@ from typing import Any
 
 from runtimes.adapters.base import Runner
 from runtimes.adapters.native import captured_native_output
-from runtimes.errors import ProviderError
+from runtimes.errors import ProviderError, first_line
 from runtimes.spec import ModelSpec
 
 # "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
@@ -95,8 +95,7 @@ class OrtRunner(Runner):
             else:
                 failure = None
         if failure is not None:
-            first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
-            raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {first}") from None
+            raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {first_line(failure)}") from None
         return session, log[0] if log else ""
 
     def _read_spec(self) -> ModelSpec:

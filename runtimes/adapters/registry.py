@@ -1,12 +1,15 @@
 """Short provider names to runner classes, imported only when asked for.
 
 Adding a runtime is one file with a :class:`~runtimes.adapters.base.Runner` subclass
-plus one line here.
+plus one line here. The torch reference lives with the converters, which are not
+installed on a device (a bundle carries only ``runtimes``): a runner whose package is
+missing is unavailable, with that reason, like one whose runtime library is missing.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ RUNNERS = {
     "tensorrt": "runtimes.adapters.tensorrt:TensorrtRunner",
     "openvino": "runtimes.adapters.openvino:OpenvinoRunner",
     "opencv": "runtimes.adapters.opencv:OpencvRunner",
-    "torch": "runtimes.adapters.pytorch:TorchRunner",
+    "torch": "converters.torch_runner:TorchRunner",
 }
 
 
@@ -29,13 +32,24 @@ def runner_class(name: str) -> type[Runner]:
     if name not in RUNNERS:
         available = ", ".join(available_providers()) or "none"
         raise ProviderError(f"unknown provider {name!r}; known: {', '.join(RUNNERS)}; available here: {available}")
+    missing = _missing_package(name)
+    if missing is not None:
+        raise unavailable_error(name, missing)
     module, _, attr = RUNNERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def unavailable_reason(name: str) -> str | None:
     """Why provider ``name`` cannot run here, or None if it may (no session is created)."""
-    return runner_class(name).unavailable_reason()
+    missing = _missing_package(name) if name in RUNNERS else None
+    return missing or runner_class(name).unavailable_reason()
+
+
+def _missing_package(name: str) -> str | None:
+    package = RUNNERS[name].partition(".")[0]
+    if importlib.util.find_spec(package) is None:
+        return f"its package {package} is not installed: a bundle carries only runtimes (pip install 'googlenet-deploy[convert]')"
+    return None
 
 
 def available_providers() -> list[str]:

@@ -39,17 +39,27 @@ class TensorrtRunner(CudaRunner):
     OPTIONS: dict[str, Any] = {**CudaRunner.OPTIONS, "fp16": False, "opt_batch": 1, "max_batch": 32, "cache_dir": None}
 
     def _provider_chain(self) -> list[Any]:
+        chain = self.provider_options()
+        # ORT creates the cache folder itself, but not its parents.
+        Path(chain[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        return chain
+
+    def provider_options(self, gpu: str | None = None, trt_version: str | None = None) -> list[Any]:
+        """ORT's ``providers`` argument for ``gpu`` and TensorRT ``trt_version``.
+
+        Both default to this machine's (NVML's name of ``device_id``, libnvinfer's
+        version); given both, nothing is probed or written, so it is tested without a GPU.
+        """
         opts = self.options
         device_id = opts["device_id"]
         profile = (1, opts["opt_batch"], opts["max_batch"])
         cache = engine_cache_dir(
             Path(opts["cache_dir"] or default_cache_root()),
-            tensorrt_version(),
-            gpu_names()[device_id],
+            tensorrt_version() if trt_version is None else trt_version,
+            gpu_names()[device_id] if gpu is None else gpu,
             opts["fp16"],
             profile,
         )
-        cache.mkdir(parents=True, exist_ok=True)
         spec = self.spec
         chw = f"3x{spec.crop_size}x{spec.crop_size}"
         shapes = [f"{spec.input_name}:{batch}x{chw}" for batch in profile]

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from converters.checkpoint import build_model, detect_layout, load_checkpoint
 from converters.googlenet import GoogLeNet, count_parameters
-from runtimes.errors import CheckpointError
+from converters.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

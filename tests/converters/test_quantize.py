@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from converters.quantize import quantize
-from runtimes.errors import ExportError
+from converters.errors import ExportError
 from runtimes.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[2]

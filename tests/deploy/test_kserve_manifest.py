@@ -1,4 +1,8 @@
-"""The KServe InferenceService for a Triton repository: built with the kserve SDK, round-trips through it."""
+"""The KServe InferenceService for a Triton repository, built from the kserve SDK's typed classes.
+
+The CLI runs in a subprocess: kserve and tritonclient.grpc register the same v2 protobuf
+messages, so one process cannot import both, and other tests import tritonclient.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.kserve_manifest import ManifestError, _sdk, inference_service
+from deploy.kserve_manifest import ManifestError, inference_service
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _unknown_keys(data, type_name: str, where: str = "") -> list[str]:
-    """Keys of ``data`` that the SDK's typed class ``type_name`` (kserve or kubernetes) does not define."""
-    import kubernetes.client.models as k8s
-
-    kserve = _sdk()[0]
-    if type_name.startswith("dict("):
-        value_type = type_name[type_name.index(",") + 1:-1].strip()
-        return [k for key, v in data.items() for k in _unknown_keys(v, value_type, f"{where}.{key}")]
-    if type_name.startswith("list["):
-        return [k for i, v in enumerate(data) for k in _unknown_keys(v, type_name[5:-1], f"{where}[{i}]")]
-    klass = getattr(kserve.models, type_name, None) or getattr(k8s, type_name, None)
-    if klass is None:  # str, int, object...
-        return []
-    by_json_name = {json_name: attr for attr, json_name in klass.attribute_map.items()}
-    unknown = []
-    for key, value in data.items():
-        if key not in by_json_name:
-            unknown.append(f"{where}.{key}")
-        else:
-            unknown += _unknown_keys(value, klass.openapi_types[by_json_name[key]], f"{where}.{key}")
-    return unknown
+def _manifest(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "isvc.yaml"
+    done = subprocess.run([sys.executable, "-m", "deploy.kserve_manifest", "--out", str(out), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(out.read_text())
 
 
 def test_cli_writes_a_triton_inference_service_with_replica_bounds(tmp_path):
-    out = tmp_path / "isvc.yaml"
-    done = subprocess.run(
-        [sys.executable, "-m", "deploy.kserve_manifest", "--storage-uri", "s3://models/googlenet-repo",
-         "--out", str(out), "--name", "googlenet-prod", "--min-replicas", "2", "--max-replicas", "6", "--gpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    manifest = yaml.safe_load(out.read_text())
+    manifest = _manifest(tmp_path, "--storage-uri", "s3://models/googlenet-repo", "--name", "googlenet-prod",
+                         "--min-replicas", "2", "--max-replicas", "6", "--gpu")
     assert (manifest["apiVersion"], manifest["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     assert manifest["metadata"] == {"name": "googlenet-prod"}
     predictor = manifest["spec"]["predictor"]
@@ -53,15 +36,14 @@ def test_cli_writes_a_triton_inference_service_with_replica_bounds(tmp_path):
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "triton"} and model["protocolVersion"] == "v2"
     assert model["storageUri"] == "s3://models/googlenet-repo"
-    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert _unknown_keys(manifest, "V1beta1InferenceService") == []  # every key is one the SDK defines
+    assert model["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
 
 
-def test_cpu_manifest_asks_for_no_gpu():
-    manifest = inference_service(name="googlenet", storage_uri="gs://b/repo", cpu="4", memory="8Gi")
+def test_cpu_manifest_asks_for_no_gpu(tmp_path):
+    manifest = _manifest(tmp_path, "--storage-uri", "gs://b/repo", "--cpu", "4", "--memory", "8Gi")
     resources = manifest["spec"]["predictor"]["model"]["resources"]
     assert resources == {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
-    assert _unknown_keys(manifest, "V1beta1InferenceService") == []
+    assert manifest["metadata"]["name"] == "googlenet"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -73,3 +55,10 @@ def test_bad_arguments_are_one_line_errors(kwargs, message):
     arguments = {"name": "googlenet", "storage_uri": "s3://b/repo", **kwargs}
     with pytest.raises(ManifestError, match=message):
         inference_service(**arguments)
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "deploy.kserve_manifest", "--storage-uri", "bucket/repo",
+                           "--out", str(tmp_path / "x.yaml")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "storage URI" in done.stderr
+    assert not (tmp_path / "x.yaml").exists()

@@ -11,6 +11,7 @@ from runtimes.adapters import RUNNERS, Runner, available_providers, create_runne
 from runtimes.adapters.tensorrt import TensorrtRunner, engine_cache_dir
 from runtimes.doctor import write_tiny_model
 from runtimes.errors import ModelSpecError, ProviderError
+from runtimes.spec import ModelSpec
 
 # Each runtime that can load a file here; one that cannot is a visible skip.
 LOADERS = [
@@ -93,10 +94,15 @@ def test_infer_validates_the_batch(demo_export):
 
 @pytest.mark.skipif(runner_class("cuda").unavailable_reason() is None, reason="CUDA works here; no fallback happens")
 def test_cuda_fallback_reports_what_really_runs(demo_export, capsys):
+    batch = np.random.default_rng(3).standard_normal((3, 3, 224, 224), dtype=np.float32)
     with create_runner("cuda", demo_export.path, allow_fallback=True) as runner:
         assert runner.active_providers() == ["CPUExecutionProvider"]
-        assert runner.infer(np.zeros((1, 3, 224, 224), np.float32)).shape[0] == 1
+        bound = runner.infer(batch)  # through the cuda runner's IO binding, here on a CPU session
     assert "warning: cuda unavailable, running on CPUExecutionProvider" in capsys.readouterr().err
+    import onnxruntime as ort
+
+    plain = ort.InferenceSession(str(demo_export.path), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    np.testing.assert_allclose(bound, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_tensorrt_engine_cache_is_keyed_by_what_invalidates_an_engine():
@@ -138,3 +144,85 @@ def test_cpu_sessions_spin_only_during_a_run(demo_export, spinning, allowed):
         config = runner.session.get_session_options()
         assert config.get_session_config_entry("session.intra_op.allow_spinning") == allowed
         assert config.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+# ----------------------------------------------------------------------------- what the GPU runners give ORT
+# Checked on any machine: the options as ORT's Python API turns them into the strings its
+# C++ providers parse (bools as "True"/"False", which ORT's parser takes like "1"/"0").
+
+SPEC_227 = ModelSpec(labels=("a", "b"), input_name="data_0", crop_size=227)
+
+
+def _as_ort_sees_them(providers: list) -> dict[str, dict[str, str]]:
+    from onnxruntime.capi.onnxruntime_inference_collection import check_and_normalize_provider_args
+
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    normalized, options = check_and_normalize_provider_args(providers, None, names)
+    assert normalized == names  # order kept: first choice first
+    return dict(zip(normalized, options))
+
+
+def test_cuda_runner_asks_for_fp32_convolutions_on_its_device():
+    providers = create_runner("cuda", "m.onnx", SPEC_227, device_id=1).provider_options()
+    assert [p if isinstance(p, str) else p[0] for p in providers] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _as_ort_sees_them(providers) == {
+        "CUDAExecutionProvider": {"device_id": "1", "use_tf32": "0"},  # ORT's default is TF32 on
+        "CPUExecutionProvider": {},
+    }
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_tensorrt_runner_options_profile_and_engine_cache(tmp_path, fp16):
+    runner = create_runner("tensorrt", "m.onnx", SPEC_227, fp16=fp16, opt_batch=8, max_batch=16, cache_dir=tmp_path)
+    providers = runner.provider_options(gpu="NVIDIA H100 80GB HBM3", trt_version="100900")
+    cache = str(tmp_path / f"trt100900_nvidia-h100-80gb-hbm3_{'fp16' if fp16 else 'fp32'}_b1-8-16")
+    assert _as_ort_sees_them(providers) == {
+        "TensorrtExecutionProvider": {
+            "device_id": "0",
+            "trt_fp16_enable": str(fp16),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": cache,
+            "trt_profile_min_shapes": "data_0:1x3x227x227",
+            "trt_profile_opt_shapes": "data_0:8x3x227x227",
+            "trt_profile_max_shapes": "data_0:16x3x227x227",
+        },
+        # Nodes TensorRT rejects run on CUDA, with the same fp32 promise; CPU takes the rest.
+        "CUDAExecutionProvider": {"device_id": "0", "use_tf32": "0"},
+        "CPUExecutionProvider": {},
+    }
+    assert list(tmp_path.iterdir()) == []  # given the GPU and TensorRT version, nothing is probed or written
+
+
+def test_tensorrt_default_profile_covers_batches_1_to_32_at_the_models_input(tmp_path):
+    runner = create_runner("tensorrt", "m.onnx", ModelSpec(labels=("a",)), cache_dir=tmp_path)
+    providers = runner.provider_options(gpu="GPU", trt_version="1")
+    options = _as_ort_sees_them(providers)["TensorrtExecutionProvider"]
+    assert [options[f"trt_profile_{k}_shapes"] for k in ("min", "opt", "max")] == [
+        "input:1x3x224x224", "input:1x3x224x224", "input:32x3x224x224"
+    ]
+    assert options["trt_fp16_enable"] == "False"
+
+
+@pytest.mark.parametrize("kind", ["cuda", "tensorrt"])
+def test_every_option_name_is_one_the_provider_library_parses(kind, tmp_path):
+    """The installed provider library holds its option parser's key names as C strings:
+    a misspelt key (ORT ignores or rejects it only on a GPU machine) is caught here."""
+    import mmap
+
+    import onnxruntime
+
+    library = Path(onnxruntime.__file__).parent / "capi" / f"libonnxruntime_providers_{kind}.so"
+    if not library.is_file():
+        pytest.skip(f"this onnxruntime build has no {library.name} to read option names from (install onnxruntime-gpu)")
+    if kind == "tensorrt":
+        runner = create_runner(kind, "m.onnx", SPEC_227, cache_dir=tmp_path)
+        providers = runner.provider_options(gpu="GPU", trt_version="1")
+    else:
+        runner = create_runner(kind, "m.onnx", SPEC_227)
+        providers = runner.provider_options()
+    keys = sorted(_as_ort_sees_them(providers)[runner.provider])
+    with open(library, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as image:
+        unknown = [k for k in keys if image.find(b"\0" + k.encode() + b"\0") < 0]
+    assert keys and not unknown, f"not option names of {library.name}: {unknown}"

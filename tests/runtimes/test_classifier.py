@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from runtimes.classifier import Classifier, softmax
-from runtimes.spec import ModelSpec
 from samples.generate import IMAGES_DIR, label_of
 
 SAMPLES = sorted(IMAGES_DIR.glob("*.jpg"))
@@ -21,11 +20,40 @@ def classifier(demo_export):
         yield clf
 
 
-def test_spec_comes_from_the_model(classifier, demo_export):
-    assert classifier.spec == ModelSpec.from_onnx(demo_export.path)
-    assert classifier.spec is classifier.runner.spec
-    with pytest.raises(AttributeError):  # one spec, the runner's: no copy that could drift from it
-        classifier.spec = ModelSpec(labels=("a",))
+def test_records_match_a_pipeline_built_from_the_model_file_alone(classifier, demo_export):
+    """What the Classifier reads from the model and does with it, against code that shares
+    none of it: the spec parsed from the raw metadata JSON, torchvision's preprocessing done
+    with Pillow, a bare ONNX Runtime session, softmax and top-k in numpy."""
+    import io
+    import json
+
+    import onnx
+    import onnxruntime as ort
+    from PIL import Image
+
+    props = {p.key: p.value for p in onnx.load(str(demo_export.path), load_external_data=False).metadata_props}
+    stored = json.loads(props["googlenet_deploy.spec"])
+    assert stored["channel_order"] == "RGB"
+    buffer = io.BytesIO()  # a lossless copy of a sample: OpenCV and Pillow decode the same pixels
+    Image.open(SAMPLES[0]).convert("RGB").save(buffer, "PNG")
+    im = Image.open(buffer).convert("RGB")
+    short, crop = stored["resize_size"], stored["crop_size"]
+    w, h = im.size
+    im = im.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), Image.BILINEAR)
+    left, top = int(round((im.width - crop) / 2.0)), int(round((im.height - crop) / 2.0))
+    pixels = np.asarray(im.crop((left, top, left + crop, top + crop)), np.float32) / np.float32(255)
+    x = ((pixels - np.float32(stored["mean"])) / np.float32(stored["std"])).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(str(demo_export.path), providers=["CPUExecutionProvider"])
+    logits = session.run([stored["output_name"]], {stored["input_name"]: np.ascontiguousarray(x, np.float32)})[0][0]
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    best = np.argsort(-probs)[:3]
+
+    (prediction,) = classifier.predict([buffer.getvalue()], topk=3)
+    record = json.loads(json.dumps(prediction.to_dict()))  # the JSON Lines record
+    assert record["image"] == "<bytes #0>"
+    assert [(s["index"], s["label"]) for s in record["topk"]] == [(int(i), stored["labels"][i]) for i in best]
+    np.testing.assert_allclose([s["prob"] for s in record["topk"]], probs[best], rtol=1e-4, atol=1e-6)
     assert classifier.active_providers() == ["CPUExecutionProvider"]
 
 
@@ -45,7 +73,8 @@ def test_a_bad_image_does_not_stop_the_batch(classifier, tmp_path):
     assert [p.ok for p in predictions] == [True, False, False, False, True]
     assert "empty" in predictions[1].error
     assert "No such file" in predictions[3].error
-    assert predictions[1].to_dict() == {"image": "<bytes #1>", "error": predictions[1].error}
+    record = predictions[1].to_dict()
+    assert set(record) == {"image", "error"} and record["image"] == "<bytes #1>" and "empty" in record["error"]
     assert predictions[0].topk == classifier.predict(SAMPLES[0])[0].topk, "neighbours must not change results"
 
 

@@ -1,4 +1,5 @@
-"""runtimes/ and deploy/ work on a machine without torch (edge boards have none).
+"""runtimes/ and deploy/ work on a machine without torch (edge boards have none), and
+without the converters package (a bundle installs only runtimes).
 
 Each check runs in a fresh interpreter where ``import torch`` fails, as if torch were
 not installed: ``sys.modules["torch"] = None`` makes every import of it raise, and
@@ -7,6 +8,7 @@ not installed: ``sys.modules["torch"] = None`` makes every import of it raise, a
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -43,7 +45,7 @@ def all_modules() -> list[str]:
 
 def test_every_module_imports_without_torch():
     modules = all_modules()
-    assert "runtimes.adapters.pytorch" in modules and "runtimes.run" in modules
+    assert "runtimes.adapters.cpu" in modules and "runtimes.run" in modules
     code = (
         "import importlib, json\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
@@ -73,3 +75,27 @@ def test_classify_without_torch(demo_export):
     result = run_module_without_torch("runtimes.run", "--json", "--model", str(demo_export.path), str(image))
     assert result.returncode == 0, result.stderr
     assert "topk" in json.loads(result.stdout)
+
+
+def test_no_module_of_runtimes_or_deploy_imports_converters():
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if (
+                    isinstance(node, ast.ImportFrom) and node.level == 0) else []
+                offenders += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names
+                              if n.split(".")[0] == "converters"]
+    assert offenders == []
+
+
+def test_without_converters_torch_is_an_unavailable_provider(demo_export):
+    block = "sys.modules['converters'] = None\n"
+    doctor = run_without_torch(block + "from runtimes.doctor import main; main([])")
+    assert doctor.returncode == 0, doctor.stderr
+    assert "torch     unavailable: its package converters is not installed" in doctor.stdout
+    image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
+    code = block + "import runpy; runpy.run_module('runtimes.run', run_name='__main__')"
+    run = run_without_torch(code, "--provider", "torch", "--model", str(demo_export.path), str(image))
+    assert run.returncode == 2 and run.stdout == "", run.stderr
+    assert run.stderr.count("\n") == 1 and "torch: its package converters is not installed" in run.stderr, run.stderr

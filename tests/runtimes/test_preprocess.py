@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from runtimes.errors import ImageError, ModelSpecError
-from runtimes.preprocess import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, load, prepare, stack
+from runtimes.preprocess import IMAGE_EXTENSIONS, decode_image, load, prepare, stack
 from runtimes.spec import ModelSpec
 from samples import generate
 
@@ -168,34 +168,6 @@ def test_matches_pil_on_jpegs(scenes, group):
         data = encode(rgb, "JPEG", quality=90)
         err = levels(load(data, SPEC), pil_reference(data, SPEC), SPEC)
         assert err.max() <= MAX_ERROR_JPEG, (rgb.shape, err.max())
-
-
-def test_opencv_resize_flags_are_further_from_pil(scenes):
-    """Why prepare() does not use cv2.resize: the table this prints is in the module docstring."""
-
-    def cv2_prepare(rgb, flag_down, flag_up):
-        h, w = rgb.shape[:2]
-        size = pil_resized_size(w, h, SPEC.resize_size)
-        resized = cv2.resize(rgb, size, interpolation=flag_down if size[1] < h else flag_up)
-        return pil_reference_u8(Image.fromarray(resized), ModelSpec(labels=("a",), resize_size=min(size)))
-
-    candidates = {
-        "INTER_LINEAR": (cv2.INTER_LINEAR, cv2.INTER_LINEAR),
-        "INTER_LINEAR_EXACT": (cv2.INTER_LINEAR_EXACT, cv2.INTER_LINEAR_EXACT),
-        "INTER_AREA down, LINEAR up": (cv2.INTER_AREA, cv2.INTER_LINEAR),
-    }
-    print(f"\n{'setting':28s} {'group':6s} {'mean':>6s} {'max':>4s}")
-    for group, images in scenes.items():
-        refs = [pil_reference_u8(Image.fromarray(rgb), SPEC).astype(np.float32) for rgb in images]
-        ours = np.concatenate([levels(prepare(rgb, SPEC), normalize(ref.astype(np.uint8), SPEC), SPEC).ravel()
-                               for rgb, ref in zip(images, refs)])
-        print(f"{'preprocess.prepare':28s} {group:6s} {ours.mean():6.3f} {ours.max():4.0f}")
-        for name, flags in candidates.items():
-            err = np.concatenate([np.abs(cv2_prepare(rgb, *flags) - ref).ravel() for rgb, ref in zip(images, refs)])
-            print(f"{name:28s} {group:6s} {err.mean():6.3f} {err.max():4.0f}")
-            assert ours.max() <= err.max()
-            if group == "large":  # no OpenCV flag antialiases like PIL when shrinking a lot
-                assert err.max() >= 10 and ours.max() < err.max()
 
 
 # ----------------------------------------------------------------------------- exact values
@@ -413,7 +385,14 @@ def test_max_pixels_is_checked_for_every_format():
         with pytest.raises(ImageError, match="over the 5,119-pixel limit"):
             decode_image(encode(rgb, fmt), name=fmt, max_pixels=64 * 80 - 1)
         assert decode_image(encode(rgb, fmt), max_pixels=64 * 80).shape == (64, 80, 3)
-    assert MAX_PIXELS >= 100_000_000  # room for 100 MP camera images
+
+
+def test_the_default_pixel_limit_leaves_room_for_a_100_mp_camera():
+    """A 102 MP medium-format sensor's frame (11648x8736) passes the bomb guard and reaches
+    the decoder, which then finds the pixel data missing."""
+    with pytest.raises(ImageError) as info:
+        decode_image(tiny_png(11648, 8736), name="gfx100.png")
+    assert "limit" not in str(info.value), str(info.value)
 
 
 def test_unsupported_sample_types_and_non_bytes_are_image_errors():
@@ -434,7 +413,6 @@ def test_every_collected_extension_decodes(extension):
 
 @pytest.mark.parametrize("extension", [".ppm", ".pgm"])
 def test_formats_outside_the_collected_extensions_are_refused(extension):
-    assert extension not in IMAGE_EXTENSIONS
     buffer = io.BytesIO()
     Image.new("RGB" if extension == ".ppm" else "L", (6, 4)).save(buffer, format="PPM")
     with pytest.raises(ImageError, match="not a JPEG, PNG, BMP, GIF, WebP or TIFF file"):

@@ -80,7 +80,8 @@ def test_demo_checkpoint_is_a_training_checkpoint(demo_ckpt):
     assert ckpt["epoch"] > 0 and ckpt["optimizer"]["state"]
     assert any(k.startswith("aux1.") for k in ckpt["model"]) and any(k.startswith("aux2.") for k in ckpt["model"])
     assert "conv1.conv.bias" in ckpt["model"]  # paper layout: biased convs, no BatchNorm
-    assert ckpt["metrics"]["heldout_top1"] >= MIN_ACCURACY
+    # Not its recorded ckpt["metrics"]: the builder's own figure. Accuracy is measured below,
+    # on images of a seed neither training nor the build used.
 
 
 def test_export_carries_the_demo_labels(spec):

@@ -1,7 +1,8 @@
 """The PyTorch reference: the source checkpoint run eagerly, to compare runtimes against.
 
-Only this adapter touches torch, and only inside ``_load_impl``: importing this module,
-or any other under runtimes/, works on a machine without torch.
+It lives with the converters because it builds the model from a checkpoint as the
+exporter does; ``runtimes`` reaches it only by name, through the registry's "torch"
+entry. torch is imported inside ``_load_impl`` only.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TorchRunner(Runner):
 
         spec = self.spec
         ckpt = self._checkpoint_path()
-        loaded = load_checkpoint(ckpt, layout=spec.layout)
+        loaded = load_checkpoint(ckpt, layout=spec.layout or None)  # an annotated model records no layout
         expected = spec.checkpoint_sha256
         if expected and loaded.sha256 != expected:
             raise ProviderError(
