@@ -6,15 +6,24 @@ AVX512_BF16/AMX, which moves GoogLeNet's logits by ~1e-2 and breaks fp32 parity.
 already the default, so it costs nothing there). Option ``precision`` ("bf16", "f16")
 asks for the faster one; on a CPU without native f16 OpenVINO runs f16 as bf16, and on
 one without bf16 support as f32 (``inference_precision()`` says what it compiled).
+
+A graph with a free batch axis is also compiled for the exact shape of the first
+``STATIC_SHAPES`` batch sizes it meets: on the 2-core development machine (AMD EPYC,
+Zen 4) a static shape ran int8 13% faster at batch 1 (6.2 vs 7.2 ms) and 10% at batch 8,
+fp32 5% at batch 1. Other batch sizes share the dynamic compile.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from typing import Any
 
 from runtimes.adapters.base import Runner
 from runtimes.errors import ProviderError, first_line
+
+
+STATIC_SHAPES = 4
 
 
 class OpenvinoRunner(Runner):
@@ -45,31 +54,52 @@ class OpenvinoRunner(Runner):
         # is not ONNX, and TensorFlow's logs its parse errors straight to fd 2.
         try:
             frontend = FrontEndManager().load_by_framework("onnx")
-            model = frontend.convert(frontend.load(str(self.model_path)))
-            self.compiled = core.compile_model(model, self.options["device"], config)
+            self._model = frontend.convert(frontend.load(str(self.model_path)))
+            self.compiled = core.compile_model(self._model, self.options["device"], config)
         except (RuntimeError, OpConversionFailure, GeneralFailure) as exc:  # every load failure
             raise ProviderError(f"openvino: cannot load {self.model_path}: {first_line(exc)}") from None
-        # One infer request per concurrent caller, reused: OpenVINO requests are not
-        # thread-safe, but several run at once (the classifier, a server's threads).
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._compile = lambda model: core.compile_model(model, self.options["device"], config)
+        # Per batch size: the compiled model and its idle infer requests. One request per
+        # concurrent caller, reused: OpenVINO requests are not thread-safe, but several
+        # run at once (the classifier, a server's threads).
+        self._by_batch: dict[int, tuple[Any, queue.SimpleQueue]] = {}
+        self._lock = threading.Lock()
+
+    def _for_batch(self, n: int) -> tuple[Any, queue.SimpleQueue]:
+        """The compiled model for batches of ``n`` (static-shaped while there are few) and its request pool."""
+        found = self._by_batch.get(n)
+        if found is None:
+            with self._lock:
+                found = self._by_batch.get(n)
+                if found is None:
+                    compiled = self.compiled
+                    shape = self._model.input(0).get_partial_shape()
+                    if shape.rank.is_static and shape[0].is_dynamic and len(self._by_batch) < STATIC_SHAPES:
+                        static = self._model.clone()
+                        static.reshape({static.input(0): [n, *(d.get_length() for d in list(shape)[1:])]})
+                        compiled = self._compile(static)
+                    found = self._by_batch[n] = (compiled, queue.SimpleQueue())
+        return found
 
     def inference_precision(self) -> str:
         """The precision OpenVINO actually compiled for, e.g. "f32" or "bf16"."""
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def _infer_impl(self, batch: Any) -> Any:
+        compiled, requests = self._for_batch(batch.shape[0])
         try:
-            request = self._requests.get_nowait()
+            request = requests.get_nowait()
         except queue.Empty:
-            request = self.compiled.create_infer_request()
+            request = compiled.create_infer_request()
         try:
             # copy: the result array is the request's own buffer, reused by its next call
-            return request.infer({0: batch})[self.compiled.output(0)].copy()
+            return request.infer({0: batch})[compiled.output(0)].copy()
         finally:
-            self._requests.put(request)
+            requests.put(request)
 
     def _active_providers_impl(self) -> list[str]:
         return [f"OpenVINO:{self.options['device']}"]
 
     def _close_impl(self) -> None:
-        self._requests = self.compiled = None
+        self._by_batch = {}
+        self._model = self._compile = self.compiled = None

@@ -226,3 +226,16 @@ def test_every_option_name_is_one_the_provider_library_parses(kind, tmp_path):
     with open(library, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as image:
         unknown = [k for k in keys if image.find(b"\0" + k.encode() + b"\0") < 0]
     assert keys and not unknown, f"not option names of {library.name}: {unknown}"
+
+
+def test_openvino_compiles_the_first_batch_sizes_for_their_exact_shape(demo_export):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from runtimes.adapters.openvino import STATIC_SHAPES
+
+    batches = {n: np.random.default_rng(n).standard_normal((n, 3, 224, 224)).astype(np.float32) for n in range(1, 7)}
+    with create_runner("cpu", demo_export.path) as cpu, create_runner("openvino", demo_export.path) as ov:
+        for n, batch in batches.items():
+            np.testing.assert_allclose(ov.infer(batch), cpu.infer(batch), rtol=0, atol=1e-4)
+        static = [n for n, (compiled, _) in ov._by_batch.items() if compiled.input(0).get_partial_shape().is_static]
+        assert static == list(range(1, STATIC_SHAPES + 1))
+        assert all(ov._by_batch[n][0] is ov.compiled for n in range(STATIC_SHAPES + 1, 7))
