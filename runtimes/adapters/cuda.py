@@ -46,6 +46,8 @@ class CudaRunner(OrtRunner):
 
     def _load_impl(self) -> None:
         gpus = gpu_names()
+        if isinstance(gpus, str):  # no GPU: the reason, not its characters counted as GPUs
+            raise ProviderError(f"{self.name}: {gpus}")
         device_id = self.options["device_id"]
         if not 0 <= device_id < len(gpus):
             raise ProviderError(f"{self.name}: device_id {device_id} requested; GPUs here: {list(gpus)}")

@@ -239,3 +239,16 @@ def test_openvino_compiles_the_first_batch_sizes_for_their_exact_shape(demo_expo
         static = [n for n, (compiled, _) in ov._by_batch.items() if compiled.input(0).get_partial_shape().is_static]
         assert static == list(range(1, STATIC_SHAPES + 1))
         assert all(ov._by_batch[n][0] is ov.compiled for n in range(STATIC_SHAPES + 1, 7))
+
+
+def test_cuda_load_without_a_gpu_says_why_instead_of_counting_characters(demo_export):
+    from runtimes.adapters.cuda import CudaRunner
+    from runtimes.adapters.nvidia import gpu_names
+
+    reason = gpu_names()
+    if not isinstance(reason, str):
+        pytest.skip(f"this machine has GPUs: {', '.join(reason)}")
+    runner = CudaRunner(demo_export.path)
+    with pytest.raises(ProviderError) as error:
+        runner._load_impl()  # as if the availability probe had let it through
+    assert str(error.value) == f"cuda: {reason}"
