@@ -41,6 +41,7 @@ finally:
     sys.argv = _argv
 
 from runtimes.classifier import Classifier
+from runtimes.errors import first_line
 from runtimes.spec import ModelSpec
 
 TENSOR_MODEL = "googlenet"
@@ -55,8 +56,9 @@ class Engine:
     """One loaded model shared by both served models; built lazily so it can travel to a Ray replica."""
 
     def __init__(self, model: str | Path, provider: str = "cpu", *, spec: ModelSpec | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, options: dict[str, Any] | None = None) -> None:
-        self.model, self.provider, self.max_batch = Path(model), provider, max_batch
+                 max_batch: int = DEFAULT_MAX_BATCH, max_pixels: int | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        self.model, self.provider, self.max_batch, self.max_pixels = Path(model), provider, max_batch, max_pixels
         self._spec, self._options = spec, dict(options or {})
         self._classifier: Classifier | None = None
         self._lock = threading.Lock()
@@ -65,8 +67,8 @@ class Engine:
     def classifier(self) -> Classifier:
         with self._lock:
             if self._classifier is None:
-                self._classifier = Classifier(self.model, self.provider, batch_size=self.max_batch,
-                                              spec=self._spec, workers=2, **self._options)
+                self._classifier = Classifier(self.model, self.provider, batch_size=self.max_batch, spec=self._spec,
+                                              workers=2, max_pixels=self.max_pixels, **self._options)
             return self._classifier
 
     @property
@@ -86,7 +88,8 @@ class Engine:
         options = dict(self._options)
         if "threads" in runner_class(self.provider).OPTIONS:
             options.setdefault("threads", max(1, (os.cpu_count() or 1) // replicas))
-        return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch, options=options)
+        return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch,
+                      max_pixels=self.max_pixels, options=options)
 
     def close(self) -> None:
         with self._lock:
@@ -109,8 +112,7 @@ def _as_numpy(tensor: InferInput) -> np.ndarray:
     try:
         return tensor.as_numpy()
     except (ValueError, TypeError, IndexError, struct.error) as exc:  # a body shorter or longer than the declared shape
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(f"input {tensor.name!r}: data does not match shape {list(tensor.shape)}: {first}") from None
+        raise InvalidInput(f"input {tensor.name!r}: data does not match shape {list(tensor.shape)}: {first_line(exc)}") from None
 
 
 def _check_batch(n: int, max_batch: int) -> None:

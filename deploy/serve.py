@@ -2,7 +2,7 @@
 
     python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR
         [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081] [--provider cpu]
-        [--max-batch 32] [--max-body-mb 64] [--replicas N]
+        [--max-batch 32] [--max-body-mb 64] [--max-pixels N] [--threads N] [--replicas N]
 
 Two models (see ``deploy.kserve_models``): ``googlenet`` takes preprocessed FP32 tensors,
 ``googlenet-image`` takes encoded images. Any v2 client works; with ``tritonclient``:
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from runtimes.cli import non_negative_int, positive_int, run_cli
+from runtimes.run import add_max_pixels
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_HTTP_PORT = 8080
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=positive_int, default=32, help="most images or tensors per request")
     parser.add_argument("--max-body-mb", type=positive_int, default=DEFAULT_MAX_BODY_MB, help="largest request body")
     parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
+    add_max_pixels(parser)
     parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
     return parser
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {"threads": args.threads} if args.threads else {}
 
         def load(provider: str) -> km.Engine:
-            engine = km.Engine(model, provider, spec=spec, max_batch=args.max_batch, options=options)
+            engine = km.Engine(model, provider, spec=spec, max_batch=args.max_batch, max_pixels=args.max_pixels,
+                               options=options)
             engine.classifier  # noqa: B018 - fail here, in one line, not in the server
             return engine
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.serving import start_server
+from tests.deploy.serving import MAX_PIXELS, start_server
 
 
 @pytest.fixture(scope="module")
 def server(demo_export, tmp_path_factory):
-    """One server for the module's tests, on the demo model, with a small batch and body limit."""
+    """One server for the module's tests, on the demo model, with small batch, body and image limits."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    running = start_server(log, "--model", str(demo_export.path), "--max-batch", "8", "--max-body-mb", "16")
+    running = start_server(log, "--model", str(demo_export.path), "--max-batch", "8", "--max-body-mb", "16",
+                           "--max-pixels", str(MAX_PIXELS))
     yield running
     running.stop()

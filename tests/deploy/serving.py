@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+MAX_PIXELS = 1_000_000  # the module server's image limit; the samples are 0.15 MP
 SAMPLES = sorted((REPO / "samples" / "images").glob("*.jpg"))[:3]
 
 

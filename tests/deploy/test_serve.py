@@ -6,6 +6,7 @@ import base64
 import json
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
 from runtimes.classifier import Classifier
-from tests.deploy.serving import SAMPLES
+from tests.deploy.serving import MAX_PIXELS, SAMPLES
 
 GARBAGE = b"this is not an image"
 
@@ -76,6 +77,14 @@ def test_images_get_labels_and_a_bad_one_its_own_error(server, local, protocol):
         assert [label.decode() for label in labels[row]] == [s.label for s in want.topk]
         assert list(indices[row]) == [s.index for s in want.topk]
         np.testing.assert_allclose(probs[row], [s.prob for s in want.topk], rtol=0, atol=1e-6)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(server):
+    ok, big = cv2.imencode(".png", np.zeros((1000, 1001, 3), np.uint8))  # 1,001,000 pixels
+    assert ok
+    result = _images_grpc(server, [big.tobytes(), SAMPLES[0].read_bytes()], topk=1)
+    errors = result.as_numpy("error")
+    assert f"over the {MAX_PIXELS:,}-pixel limit" in errors[0].decode() and errors[1] == b""
 
 
 def test_health_and_metadata_follow_the_protocol(server, demo_export):
