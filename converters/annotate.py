@@ -71,6 +71,9 @@ def annotate(
         raise ExportError(f"model {model} not found")
     if out.resolve() == model.resolve():
         raise ExportError(f"--out {out} is the model itself; annotate writes a copy, so give another path")
+    channel_order = channel_order.upper()
+    if channel_order not in ("RGB", "BGR"):
+        raise ExportError(f"--channel-order must be RGB or BGR, got {channel_order!r}")
     if not scale > 0 or (std is not None and 0 in std):
         raise ExportError(f"--scale must be positive and --std nonzero, got scale {scale} and std {std}")
     try:

@@ -63,7 +63,7 @@ def read_graph_io(model: str | Path | bytes) -> GraphIO:
             return _graph_io(mapped)
     except OSError as exc:
         raise ModelSpecError(f"cannot read {source}: {exc.strerror or exc}") from None
-    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, UnicodeDecodeError, TypeError) as exc:  # TypeError: a field of another wire type
         raise ModelSpecError(f"{source}: not a readable ONNX model ({exc or type(exc).__name__})") from None
 
 

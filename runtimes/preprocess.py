@@ -164,7 +164,7 @@ def _check_header(data: bytes, name: str, max_pixels: int) -> None:
         width, height, bits = shape
         if width == 0 or height == 0:
             raise ImageError(f"{name}: header says the image is {width}x{height} pixels; the file is corrupt or empty")
-        _check_size(name, width, height, 2 if bits > 8 else 1, max_pixels)
+        _check_size(name, width, height, (bits + 7) // 8, max_pixels)  # OpenCV keeps 16 and 32-bit samples
     # OpenCV 4.x returns a JPEG that stops early padded with gray (5.0 refuses it).
     # Refuse it on every version, like PIL: the gray rows would be classified as content.
     if kind == "JPEG":
@@ -239,7 +239,11 @@ def _walk(root: Path):
             folders.clear()
             continue
         seen.add((info.st_dev, info.st_ino))
-        folders[:] = [f for f in folders if not f.startswith(".")]
+        # Real folders before linked ones, each sorted: a file reachable both ways keeps its
+        # real path, the same on every filesystem (os.walk lists in the directory's order).
+        visible = sorted(f for f in folders if not f.startswith("."))
+        folders[:] = [f for f in visible if not os.path.islink(os.path.join(top, f))] + [
+            f for f in visible if os.path.islink(os.path.join(top, f))]
         yield Path(top), [f for f in files if not f.startswith(".")]
 
 
@@ -361,6 +365,7 @@ def load_with_mode(
     data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int = MAX_PIXELS
 ) -> tuple[np.ndarray, str]:
     """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
+    data = bytes(data)  # a bytearray or memoryview too (no copy for bytes)
     if fast:
         reduction = _fast_reduction(data, spec)
         if reduction is not None:

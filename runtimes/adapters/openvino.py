@@ -74,9 +74,11 @@ class OpenvinoRunner(Runner):
                 if found is None:
                     compiled = self.compiled
                     shape = self._model.input(0).get_partial_shape()
-                    if shape.rank.is_static and shape[0].is_dynamic and len(self._by_batch) < STATIC_SHAPES:
+                    rest = list(shape)[1:] if shape.rank.is_static else [None]
+                    free_batch_only = shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in rest)
+                    if free_batch_only and len(self._by_batch) < STATIC_SHAPES:
                         static = self._model.clone()
-                        static.reshape({static.input(0): [n, *(d.get_length() for d in list(shape)[1:])]})
+                        static.reshape({static.input(0): [n, *(d.get_length() for d in rest)]})
                         compiled = self._compile(static)
                     found = self._by_batch[n] = (compiled, queue.SimpleQueue())
         return found

@@ -123,3 +123,29 @@ def test_options_that_do_not_fit_the_graph_are_one_line(caffe_model, tmp_path, c
     stderr = capsys.readouterr().err
     assert info.value.code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
     assert not out.exists()
+
+
+def test_channel_order_is_case_insensitive_and_checked(caffe_model, tmp_path):
+    upper = annotate_mod.annotate(caffe_model, LABELS_FILE, out=tmp_path / "a.onnx", scale=255, channel_order="BGR")
+    lower = annotate_mod.annotate(caffe_model, LABELS_FILE, out=tmp_path / "b.onnx", scale=255, channel_order="bgr")
+    fields = lambda spec: (spec.channel_order, spec.mean, spec.std)  # noqa: E731
+    assert fields(lower.spec) == fields(upper.spec) == ("BGR", tuple(m * 255 for m in (0.406, 0.456, 0.485)),
+                                                        tuple(s * 255 for s in (0.225, 0.224, 0.229)))
+    with pytest.raises(annotate_mod.ExportError, match="must be RGB or BGR, got 'GRB'"):
+        annotate_mod.annotate(caffe_model, LABELS_FILE, out=tmp_path / "c.onnx", channel_order="grb")
+
+
+def test_free_height_and_width_run_on_every_runtime(tmp_path):
+    """A graph whose input is [N, 3, H, W] (fully convolutional), annotated with a crop."""
+    weights = np.random.default_rng(0).standard_normal((3, 9)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "w"], ["logits"])],
+        "free_hw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 9])], [numpy_helper.from_array(weights, "w")],
+    )
+    model = tmp_path / "free.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    annotated = annotate_mod.annotate(model, LABELS_FILE, crop=32, resize=36).path
+    answers = {p: [(r["image"], r["topk"][0]["label"]) for r in _records(annotated, p)] for p in ("cpu", "openvino", "opencv")}
+    assert answers["openvino"] == answers["cpu"] == answers["opencv"] and len(answers["cpu"]) == 18

@@ -92,6 +92,12 @@ def test_the_sample_size_is_read_from_the_header_before_decoding(make):
         assert "limit" not in str(exc)
 
 
+def test_32_bit_samples_count_four_times():
+    """OpenCV decodes a float TIFF to float32: 4 bytes a sample, refused from the header."""
+    with pytest.raises(ImageError, match=r"5,120 pixels of 32 bits \(61,440 bytes decoded"):
+        decode_image(tiff_header_only(80, 64, 32), "x", max_pixels=3 * 64 * 80)
+
+
 @pytest.mark.parametrize("ext", [".png", ".tiff"])
 @pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
 def test_16_bit_images_count_twice(ext, channels):
@@ -179,6 +185,16 @@ def names(paths: list[Path], root: Path) -> list[str]:
 
 def test_a_directory_scan_skips_hidden_files_and_walks_each_folder_once(tree):
     assert names(find_images(tree), tree) == ["a.jpg", "b.jpg", "linked/e.jpg", "sub/c.png"]
+
+
+def test_a_file_reachable_through_a_link_keeps_its_real_path(tmp_path):
+    """Whatever order the file system lists a folder in, the real folder wins over links to it."""
+    root = tmp_path / "root"
+    (root / "photos").mkdir(parents=True)
+    (root / "photos" / "img.jpg").write_bytes(jpeg())
+    for link in ("a", "latest", "mirror", "zz", "photos-old", "0"):
+        (root / link).symlink_to("photos")
+    assert names(find_images(root), root) == ["photos/img.jpg"]
 
 
 def test_a_recursive_glob_does_too(tree, monkeypatch):

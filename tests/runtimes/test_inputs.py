@@ -136,3 +136,12 @@ def test_run_dash_with_a_bad_or_no_image_on_stdin(demo_export):
         os.close(other_end)
     assert result.returncode == 2
     assert result.stderr.decode() == "error: - reads one image from stdin, but stdin is a terminal; pipe one in: ... - < photo.jpg\n"
+
+
+def test_every_bytes_like_takes_the_fast_path_too(demo_export):
+    data = (Path(__file__).resolve().parents[2] / "samples" / "images").glob("*.jpg").__next__().read_bytes()
+    spec = demo_export.spec
+    expected, mode = preprocess.load_with_mode(data, spec, fast=True)
+    for kind in (bytearray, memoryview):
+        tensor, kind_mode = preprocess.load_with_mode(kind(data), spec, fast=True)
+        assert kind_mode == mode and np.array_equal(tensor, expected)
