@@ -30,9 +30,8 @@ from converters.errors import ExportError
 from converters.export import read_labels
 from runtimes import __version__
 from runtimes.cli import positive_int
-from runtimes.errors import first_line
 from runtimes.graph import check_spec, read_graph_io
-from runtimes.spec import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY, OUTPUT_KINDS, PROVENANCE_KEY, ModelSpec
+from runtimes.spec import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY, OUTPUT_KINDS, PROVENANCE_KEY, ModelSpec, load_onnx
 
 # ImageNet evaluation, torchvision's and Caffe's alike: resize the shorter side to 256, crop 224.
 RESIZE_PER_CROP = 256 / 224
@@ -76,10 +75,7 @@ def annotate(
         raise ExportError(f"--channel-order must be RGB or BGR, got {channel_order!r}")
     if not scale > 0 or (std is not None and 0 in std):
         raise ExportError(f"--scale must be positive and --std nonzero, got scale {scale} and std {std}")
-    try:
-        proto = onnx.load(str(model))
-    except Exception as exc:  # protobuf raises several unrelated types
-        raise ExportError(f"{model}: not a readable ONNX model ({first_line(exc)})") from None
+    proto = load_onnx(model, external_data=True)
     graph = read_graph_io(model)
     notes = []
     if input_name is None and len(graph.inputs) == 1:

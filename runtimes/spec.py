@@ -91,13 +91,7 @@ class ModelSpec:
     @classmethod
     def from_onnx(cls, path: str | Path) -> "ModelSpec":
         """Read the spec from an ONNX file's metadata_props."""
-        import onnx  # deferred: keeps `--help` fast
-
-        path = require_model(path)
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # protobuf raises several unrelated types
-            raise ModelSpecError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        model = load_onnx(path)
         return cls.from_metadata_map({p.key: p.value for p in model.metadata_props}, source=str(path))
 
     @classmethod
@@ -116,6 +110,17 @@ def variant_path(model: str | Path, precision: str) -> Path:
     """Where the ``precision`` variant of ``model`` lives: ``dir/googlenet.onnx`` -> ``dir/googlenet.fp16.onnx``."""
     model = Path(model)
     return model if precision == "fp32" else model.with_name(f"{model.stem}.{precision}{model.suffix}")
+
+
+def load_onnx(path: str | Path, *, external_data: bool = False):
+    """The ``onnx.ModelProto`` at ``path``, with weights in external files only if asked; a ModelSpecError if unreadable."""
+    import onnx  # deferred: keeps `--help` fast
+
+    path = require_model(path)
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as exc:  # protobuf raises several unrelated types
+        raise ModelSpecError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def require_model(path: str | Path) -> Path:
