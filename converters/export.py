@@ -193,11 +193,11 @@ def _count_params(model) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
-def _verify_images(folder: str | Path | None, spec: ModelSpec):
+def _verify_images(folder: str | Path | None, spec: ModelSpec, max_pixels: int | None = None):
     """(names, file bytes, preprocessed batch) of the images whose PyTorch logits travel
     with the model: ``folder``'s (recursively, sorted), or the demo samples'. Read first,
     so a bad image fails the export before any work."""
-    from runtimes.preprocess import IMAGE_EXTENSIONS, find_images, load, stack
+    from runtimes.preprocess import IMAGE_EXTENSIONS, MAX_PIXELS, find_images, load, stack
 
     if folder is None:
         from samples.generate import IMAGES_DIR
@@ -215,7 +215,7 @@ def _verify_images(folder: str | Path | None, spec: ModelSpec):
     names = tuple(p.relative_to(folder).as_posix() for p in files)
     try:
         data = tuple(p.read_bytes() for p in files)
-        batch = stack([load(d, spec, name) for d, name in zip(data, names)])
+        batch = stack([load(d, spec, name, max_pixels=max_pixels or MAX_PIXELS) for d, name in zip(data, names)])
     except OSError as exc:
         raise ExportError(f"--verify-images: cannot read {exc.filename}: {exc.strerror}") from None
     except ImageError as exc:
@@ -235,6 +235,7 @@ def export(
     keep_ceil_pools: bool = False,
     keep_lrn: bool = False,
     verify_images: str | Path | None = None,
+    max_pixels: int | None = None,
     seed: int = 0,
 ) -> ExportResult:
     """Export ``ckpt`` to ``out``; see the module docstring. Raises ToolkitError subclasses.
@@ -245,7 +246,8 @@ def export(
     pads. ``keep_lrn`` keeps ONNX's LRN op instead of the Mul/Conv/Sqrt/Div form that
     ONNX Runtime runs faster (the rewrite is dropped, with a warning, if it misses
     parity). ``verify_images`` is a folder of images whose PyTorch logits are kept with the
-    model (default: the demo sample images).
+    model (default: the demo sample images); ``max_pixels`` is their decompression-bomb
+    guard (default: ``runtimes.preprocess.MAX_PIXELS``).
     """
     import onnx
 
@@ -277,7 +279,7 @@ def export(
         checkpoint_name=ckpt.path.name,
         checkpoint_sha256=ckpt.sha256,
     )
-    image_names, images, image_batch = _verify_images(verify_images, spec)
+    image_names, images, image_batch = _verify_images(verify_images, spec, max_pixels)
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -369,6 +371,8 @@ def export(
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
+    from runtimes.cli import add_max_pixels
+
     parser = argparse.ArgumentParser(
         prog="python -m converters.export",
         description="Export a GoogLeNet checkpoint to a verified, aux-free ONNX model.",
@@ -395,6 +399,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
         "--verify-images", metavar="DIR",
         help=f"keep PyTorch's logits for up to {MAX_VERIFY_IMAGES} images from DIR with the model (default: the demo samples)",
     )
+    add_max_pixels(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
     return parser.parse_args(argv)
 

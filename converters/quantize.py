@@ -54,7 +54,9 @@ class QuantizeResult:
     size_bytes: int
 
 
-def calibration_images(folder: str | Path | None, count: int, spec: ModelSpec, *, warn: bool = True) -> tuple[np.ndarray, list[str]]:
+def calibration_images(
+    folder: str | Path | None, count: int, spec: ModelSpec, *, warn: bool = True, max_pixels: int | None = None
+) -> tuple[np.ndarray, list[str]]:
     """(N x 3 x H x W inputs, file names) from ``folder`` (sorted, recursive), or fresh demo images."""
     from runtimes import preprocess
 
@@ -78,7 +80,7 @@ def calibration_images(folder: str | Path | None, count: int, spec: ModelSpec, *
     tensors, names = [], []
     for path in files:
         try:
-            tensors.append(preprocess.load(path.read_bytes(), spec, path.name))
+            tensors.append(preprocess.load(path.read_bytes(), spec, path.name, max_pixels=max_pixels or preprocess.MAX_PIXELS))
             names.append(path.relative_to(folder).as_posix())
         except (OSError, preprocess.ImageError) as exc:
             log.warning("--calib: skipping %s: %s", path.name, exc)
@@ -147,6 +149,7 @@ def quantize(
     calib_count: int = DEFAULT_CALIBRATION_COUNT,
     method: str = "minmax",
     out: str | Path | None = None,
+    max_pixels: int | None = None,
 ) -> QuantizeResult:
     """Write the ``precision`` variant of the fp32 ``model``; see the module docstring."""
     import onnx
@@ -162,7 +165,7 @@ def quantize(
     if parent.precision != "fp32":
         raise ExportError(f"{model} is already a {parent.precision} model; quantize the fp32 export")
     out = Path(out) if out else variant_path(model, precision)
-    inputs, names = calibration_images(calib, calib_count, parent, warn=precision == "int8")
+    inputs, names = calibration_images(calib, calib_count, parent, warn=precision == "int8", max_pixels=max_pixels)
     if precision == "int8" and len(inputs) < MIN_CALIBRATION_IMAGES:
         log.warning("calibrating on %d images; %d or more give steadier ranges", len(inputs), MIN_CALIBRATION_IMAGES)
     variant = {"parent_sha256": sha256_file(model)}
@@ -194,7 +197,7 @@ def quantize(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtimes.cli import positive_int
+    from runtimes.cli import add_max_pixels, positive_int
 
     parser = argparse.ArgumentParser(prog="python -m converters.quantize", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the fp32 export (default: {DEFAULT_MODEL})")
@@ -204,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-count", type=positive_int, default=DEFAULT_CALIBRATION_COUNT, help="images to use (default: %(default)s)")
     parser.add_argument("--method", default="minmax", choices=METHODS, help="int8 calibration (default: minmax)")
     parser.add_argument("--out", help="output path (default: <stem>.<precision>.onnx beside the model)")
+    add_max_pixels(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-    r = quantize(args.model, args.precision, calib=args.calib, calib_count=args.calib_count, method=args.method, out=args.out)
+    r = quantize(args.model, args.precision, calib=args.calib, calib_count=args.calib_count, method=args.method,
+                 out=args.out, max_pixels=args.max_pixels)
     print(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, {args.precision}); top-1 agreement with the fp32 model on "
         f"the {r.images} {'calibration' if args.precision == 'int8' else 'check'} images: {r.top1_agreement:.1%}"

@@ -26,8 +26,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from runtimes.cli import non_negative_int, positive_int, run_cli
-from runtimes.run import add_max_pixels
+from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_HTTP_PORT = 8080

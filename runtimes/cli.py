@@ -78,3 +78,12 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (warm-up calls, a device index)."""
     return _int_at_least(text, 0)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """The --max-pixels option of every command that decodes image files."""
+    parser.add_argument(
+        "--max-pixels", type=positive_int, metavar="N",
+        help="refuse an image that decodes to more memory than N 8-bit RGB pixels (16-bit ones count twice), "
+        "a guard against decompression bombs (default: 134217728, runtimes.preprocess.MAX_PIXELS)",
+    )

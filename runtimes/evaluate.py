@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtimes.cli import EXIT_FAILED, positive_int, run_cli
+from runtimes.cli import EXIT_FAILED, add_max_pixels, positive_int, run_cli
 from runtimes.errors import ImageError, ModelSpecError
-from runtimes.run import Progress, add_max_pixels
+from runtimes.run import Progress
 from runtimes.spec import DEFAULT_MODEL
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import EXIT_FAILED, non_negative_int, positive_int, run_cli
+from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli
 from runtimes.errors import ImageError, ProviderError
 from runtimes.spec import DEFAULT_MODEL
 
@@ -56,15 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("f32", "bf16", "f16"), help="openvino: inference precision (default: f32, which keeps parity)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records)")
     return parser
-
-
-def add_max_pixels(parser: argparse.ArgumentParser) -> None:
-    """The --max-pixels option of every command that decodes image files."""
-    parser.add_argument(
-        "--max-pixels", type=positive_int, metavar="N",
-        help="refuse an image that decodes to more memory than N 8-bit RGB pixels (16-bit ones count twice), "
-        "a guard against decompression bombs (default: 134217728)",
-    )
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

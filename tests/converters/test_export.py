@@ -307,6 +307,14 @@ def test_verify_images_are_the_users_own(tmp_path, demo_ckpt):
     assert [result.spec.labels[i] for i in ref.image_logits.argmax(axis=1)] == ["blue_checker", "red_vstripes"]
 
 
+def test_max_pixels_guards_the_verify_images(tmp_path, paper_ckpt):
+    """The limit's message names --max-pixels: export takes it. The demo samples are 51,850 to 200,304 pixels."""
+    args = ("--ckpt", str(paper_ckpt), "--out", str(tmp_path / "out" / "m.onnx"), "--max-pixels", "40000")
+    proc = _run_cli(*args)
+    assert proc.returncode == 2 and "over the 40,000-pixel limit" in proc.stderr and "--max-pixels" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_a_bad_verify_image_fails_before_any_work(tmp_path, paper_ckpt):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")

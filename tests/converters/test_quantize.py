@@ -80,6 +80,18 @@ def test_default_calibration_warns_and_bad_requests_are_one_line(demo_export, tm
         quantize(demo_export.path, "int8", calib=tmp_path / "absent")
 
 
+def test_max_pixels_guards_the_calibration_images(demo_export, tmp_path):
+    from samples.generate import IMAGES_DIR
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "converters.quantize", "--model", str(demo_export.path), "--precision", "int8",
+         "--calib", str(IMAGES_DIR), "--max-pixels", "40000", "--out", str(tmp_path / "q.onnx")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "none of the 18 images could be read" in proc.stderr, proc.stderr
+    assert "over the 40,000-pixel limit" in proc.stderr and not (tmp_path / "q.onnx").exists()
+
+
 def test_quantize_runs_without_torch(demo_export, tmp_path):
     """The int8/fp16 tooling is torch-free: it runs where only the runtime side is installed."""
     code = (
