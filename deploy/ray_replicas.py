@@ -105,7 +105,11 @@ def replicated_models(engine: Engine, replicas: int) -> list[ReplicatedModel]:
     replica = serve.deployment(Replica, name=DEPLOYMENT, num_replicas=replicas,
                                ray_actor_options={"num_cpus": max(cpus, replicas) / replicas})
     handle = serve.run(replica.bind(engine.for_replicas(replicas)), name=DEPLOYMENT, route_prefix=None)
-    pids = {handle.pid.remote().result() for _ in range(4 * replicas)}
+    pids: set[int] = set()
+    for _ in range(32 * replicas):  # the router picks at random between the least busy: ask until all answered
+        pids.add(handle.pid.remote().result())
+        if len(pids) == replicas:
+            break
     running = serve.status().applications[DEPLOYMENT].deployments[DEPLOYMENT].replica_states.get("RUNNING", 0)
     print(f"ray serve: {running} replicas running; {len(pids)} answered", file=sys.stderr, flush=True)
     names = (TENSOR_MODEL, IMAGE_MODEL)
