@@ -127,9 +127,19 @@ def _request_int(request: InferRequest, key: str, default: int) -> int:
     return value
 
 
-def image_bytes(element: Any) -> bytes:
-    """The encoded image in one BYTES element: raw bytes as they are, base64 text decoded."""
-    data = element.encode("latin-1") if isinstance(element, str) else bytes(element)
+def image_bytes(element: Any, index: int = 0) -> bytes:
+    """The encoded image in one BYTES element: raw bytes as they are, base64 text decoded.
+
+    Anything but bytes or text (a JSON number, say: ``bytes(10**9)`` would allocate a
+    gigabyte) is refused.
+    """
+    if isinstance(element, str):
+        data = element.encode("utf-8", "surrogateescape")
+    elif isinstance(element, (bytes, bytearray, memoryview)):
+        data = bytes(element)
+    else:
+        raise InvalidInput(f"input {IMAGE_INPUT!r} element {index} is {type(element).__name__}; "
+                           "send each image as bytes (gRPC, REST binary) or base64 text (REST JSON)")
     stripped = b"".join(data.split())
     if stripped and _BASE64.fullmatch(stripped):
         try:
@@ -209,7 +219,7 @@ class ImageModel(_ServedModel):
         classes = self.engine.spec.num_classes
         if not 1 <= k <= classes:
             raise InvalidInput(f"parameter 'topk' must be 1 to {classes}, got {k}")
-        images = [image_bytes(e) for e in _as_numpy(tensor).reshape(-1)]
+        images = [image_bytes(e, i) for i, e in enumerate(_as_numpy(tensor).reshape(-1))]
         predictions = await self._in_thread(self.engine.classifier.predict, images, k)
         n = len(predictions)
         labels = np.full((n, k), b"", dtype=np.object_)

@@ -59,6 +59,15 @@ def _images_http(server, images: list[bytes], topk: int, encode_base64: bool):
     return client.infer("googlenet-image", [tensor], parameters={"topk": topk})
 
 
+def test_text_that_is_not_base64_is_that_images_error(server):
+    body = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                        "data": ["\u20acuro", base64.b64encode(SAMPLES[0].read_bytes()).decode()]}]}
+    response = httpx.post(f"http://{server.http}/v2/models/googlenet-image/infer", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    assert "not a JPEG, PNG" in outputs["error"][0] and outputs["error"][1] == ""
+
+
 @pytest.mark.parametrize("protocol", ["grpc-raw", "http-raw", "http-base64"])
 def test_images_get_labels_and_a_bad_one_its_own_error(server, local, protocol):
     images = [p.read_bytes() for p in SAMPLES]
@@ -152,6 +161,8 @@ BAD_REST = {
         "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(GARBAGE).decode()]}],
         "parameters": {"topk": 0}}).encode(), {}, 400, "'topk' must be 1 to 9"),
     "image as FP32": ("googlenet-image", _json_tensor([1], name="image"), {}, 400, "must be BYTES, got FP32"),
+    "image as a number": ("googlenet-image", _json_tensor([1], "BYTES", [10**9], "image"), {}, 400,
+                          "element 0 is int; send each image as bytes"),
 }
 
 
