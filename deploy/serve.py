@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 from pathlib import Path
 
 from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
+from runtimes.errors import ToolkitError
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_HTTP_PORT = 8080
@@ -51,8 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ServeError(ToolkitError):
+    """The server cannot start as asked."""
+
+
+def check_port(host: str, port: int, protocol: str) -> None:
+    """Fail in one line, before any loading, if ``host:port`` cannot be listened on."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise ServeError(f"cannot resolve --host {host}: {exc.strerror or exc}") from None
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(address)
+    except OSError as exc:
+        raise ServeError(f"cannot listen for {protocol} on {host}:{port}: {exc.strerror or exc}; "
+                         f"pick another --{protocol.lower()}-port or stop what uses it") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_port(args.host, args.http_port, "HTTP")
+    check_port(args.host, args.grpc_port, "gRPC")
     from deploy import kserve_models as km  # kserve loads only now
     from deploy.kserve_server import HostModelServer
     from runtimes.bundle import first_loadable, open_bundle

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
 from runtimes.classifier import Classifier
-from tests.deploy.serving import MAX_PIXELS, SAMPLES
+from tests.deploy.serving import MAX_PIXELS, REPO, SAMPLES, free_port
 
 GARBAGE = b"this is not an image"
 
@@ -218,3 +221,18 @@ def test_load_run_completes_with_no_errors(server, local, protocol, record_prope
     print(f"\n{result}")
     assert (result.requests, result.errors, result.wrong) == (200, 0, 0), result.first_error
     np.testing.assert_allclose(infer(seeded_batch(1)), local.runner.infer(seeded_batch(1)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("busy", ["--http-port", "--grpc-port"])
+def test_a_port_in_use_is_one_line_before_anything_loads(busy, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"--http-port": str(free_port()), "--grpc-port": str(free_port()), busy: str(taken.getsockname()[1])}
+        done = subprocess.run([sys.executable, "-m", "deploy.serve", "--model", str(tmp_path / "absent.onnx"),
+                               *(x for pair in ports.items() for x in pair)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    protocol = "HTTP" if busy == "--http-port" else "gRPC"
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot listen for {protocol} on 127.0.0.1:{ports[busy]}: Address already in use")
+
