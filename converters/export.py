@@ -197,7 +197,7 @@ def _verify_images(folder: str | Path | None, spec: ModelSpec, max_pixels: int |
     """(names, file bytes, preprocessed batch) of the images whose PyTorch logits travel
     with the model: ``folder``'s (recursively, sorted), or the demo samples'. Read first,
     so a bad image fails the export before any work."""
-    from runtimes.preprocess import IMAGE_EXTENSIONS, MAX_PIXELS, find_images, load, stack
+    from runtimes.preprocess import IMAGE_EXTENSIONS, find_images, load, stack
 
     if folder is None:
         from samples.generate import IMAGES_DIR
@@ -215,7 +215,7 @@ def _verify_images(folder: str | Path | None, spec: ModelSpec, max_pixels: int |
     names = tuple(p.relative_to(folder).as_posix() for p in files)
     try:
         data = tuple(p.read_bytes() for p in files)
-        batch = stack([load(d, spec, name, max_pixels=max_pixels or MAX_PIXELS) for d, name in zip(data, names)])
+        batch = stack([load(d, spec, name, max_pixels=max_pixels) for d, name in zip(data, names)])
     except OSError as exc:
         raise ExportError(f"--verify-images: cannot read {exc.filename}: {exc.strerror}") from None
     except ImageError as exc:

@@ -80,7 +80,7 @@ def calibration_images(
     tensors, names = [], []
     for path in files:
         try:
-            tensors.append(preprocess.load(path.read_bytes(), spec, path.name, max_pixels=max_pixels or preprocess.MAX_PIXELS))
+            tensors.append(preprocess.load(path.read_bytes(), spec, path.name, max_pixels=max_pixels))
             names.append(path.relative_to(folder).as_posix())
         except (OSError, preprocess.ImageError) as exc:
             log.warning("--calib: skipping %s: %s", path.name, exc)

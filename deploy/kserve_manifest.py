@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from deploy.kserve_import import command_line_hidden
 from runtimes.atomic import write_text
 from runtimes.cli import positive_int, run_cli
 from runtimes.errors import ToolkitError
@@ -32,14 +33,12 @@ class ManifestError(ToolkitError):
 
 
 def _sdk():
-    _argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses the command line on import
     try:
-        import kserve
-        from kubernetes.client import V1ObjectMeta, V1ResourceRequirements
+        with command_line_hidden():
+            import kserve
+            from kubernetes.client import V1ObjectMeta, V1ResourceRequirements
     except ImportError:
         raise ManifestError("deploy.kserve_manifest needs kserve: pip install 'googlenet-deploy[serve]'") from None
-    finally:
-        sys.argv = _argv
     return kserve, V1ObjectMeta, V1ResourceRequirements
 
 

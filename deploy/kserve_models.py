@@ -24,7 +24,6 @@ import binascii
 import os
 import re
 import struct
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -32,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-_argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses the process's command line on import
-try:
-    from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model, ModelServer
+from deploy.kserve_import import command_line_hidden
+
+with command_line_hidden():
+    from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import to_http_parameters
-finally:
-    sys.argv = _argv
 
 from runtimes.classifier import Classifier
 from runtimes.errors import first_line
@@ -65,6 +63,8 @@ class Engine:
 
     @property
     def classifier(self) -> Classifier:
+        if self._classifier is not None:  # every request: no lock once loaded
+            return self._classifier
         with self._lock:
             if self._classifier is None:
                 self._classifier = Classifier(self.model, self.provider, batch_size=self.max_batch, spec=self._spec,

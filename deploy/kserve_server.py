@@ -14,18 +14,21 @@ import asyncio
 from concurrent import futures
 
 import orjson
-from deploy.kserve_models import ModelServer  # noqa: F401 - imports kserve with the command line hidden
 from grpc import aio
-from kserve import InferInput, InferRequest
-from kserve.protocol.infer_type import RequestedOutput
-from kserve.errors import InvalidInput
-from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
-from kserve.protocol.grpc.server import GRPCServer
-from kserve.protocol.grpc.servicer import InferenceServicer
-from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.rest.server import RESTServer
+
+from deploy.kserve_import import command_line_hidden
+
+with command_line_hidden():
+    from kserve import InferInput, InferRequest, ModelServer
+    from kserve.errors import InvalidInput
+    from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.infer_type import RequestedOutput
+    from kserve.protocol.rest.server import RESTServer
 
 BINARY_HEADER = b"inference-header-content-length"
 

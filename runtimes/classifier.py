@@ -121,7 +121,7 @@ class Classifier:
         if max_pixels is not None and max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
         self.batch_size = batch_size
-        self.max_pixels = max_pixels or preprocess.MAX_PIXELS
+        self.max_pixels = max_pixels
         self.exact = exact
         self.workers = workers or default_workers()
         self.runner = create_runner(provider, model_path, spec, batch_size=batch_size, **options).load()

@@ -79,11 +79,12 @@ _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2
 # ----------------------------------------------------------------------------- decode
 
 
-def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None) -> np.ndarray:
     """Decode image file bytes to an upright RGB uint8 (H, W, 3) C-contiguous array.
 
-    Refuses an image that would decode to more than ``max_pixels`` 8-bit RGB pixels' worth
-    of memory (a 16-bit image counts twice), from its header, before decoding it.
+    Refuses an image that would decode to more than ``max_pixels`` (default: MAX_PIXELS)
+    8-bit RGB pixels' worth of memory (a 16-bit image counts twice), from its header,
+    before decoding it.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(
@@ -128,8 +129,9 @@ def _to_uint8(img: np.ndarray, name: str) -> np.ndarray:
     )
 
 
-def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixels: int) -> None:
+def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixels: int | None) -> None:
     """Refuse an image whose decoded (H, W, 3) array would take more than ``max_pixels`` 8-bit RGB pixels."""
+    max_pixels = max_pixels or MAX_PIXELS
     pixels = width * height
     if pixels * sample_bytes <= max_pixels:
         return
@@ -145,7 +147,7 @@ def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixel
     )
 
 
-def _check_header(data: bytes, name: str, max_pixels: int) -> None:
+def _check_header(data: bytes, name: str, max_pixels: int | None) -> None:
     """Refuse unknown formats and empty, huge or truncated images before OpenCV allocates anything."""
     kind = _sniff_format(data)
     if kind is None:
@@ -353,7 +355,7 @@ def prepare(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return _normalize(_pad_to(img, new_h, new_w, spec.crop_size), spec)
 
 
-def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Image file bytes to the model's (3, crop, crop) input: decode_image() then prepare().
 
     ``fast`` lets a large JPEG take the DCT-domain path (see the module docstring).
@@ -362,7 +364,7 @@ def load(data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = Fa
 
 
 def load_with_mode(
-    data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int = MAX_PIXELS
+    data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str]:
     """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
     data = bytes(data)  # a bytearray or memoryview too (no copy for bytes)
