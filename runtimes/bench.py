@@ -2,13 +2,16 @@
 precision and batch size, against the hardware limit; throughput from image files; cold start.
 
     python -m runtimes.bench [--providers cpu,openvino,opencv,torch] [--batch-sizes 1,8,32]
-        [--precisions fp32,fp16,int8] [--iterations 50 | --seconds 5] [--images DIR]
-        [--json] [--plot bench.png]
+        [--precisions fp32,fp16,int8,bf16] [--iterations 50 | --seconds 5] [--rounds 1]
+        [--images DIR] [--json] [--plot bench.png]
 
 Rows run one at a time, each runner closed before the next loads, so no two thread
-pools compete for the cores. The PyTorch row is the reference. The hardware limit is
-FLOPs per image over the measured fp32 GEMM peak of these cores (``runtimes.roofline``).
-Speed targets are checked here, not in timed unit tests.
+pools compete for the cores. ``--rounds N`` measures the whole plan N times, every other
+round backwards, and gives each row the median of its rounds; on a shared machine that
+is the figure to quote. The speed-up column is against ONNX Runtime CPU fp32 at the same
+batch size (the median of per-round ratios); the PyTorch row is the correctness
+reference. The hardware limit is FLOPs per image over the measured fp32 GEMM peak of
+these cores (``runtimes.roofline``). Speed targets are checked here, not in timed unit tests.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.cli import non_negative_int, positive_int, run_cli
+from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_PROVIDERS = ("torch", "cpu", "openvino", "opencv")
 # Precisions a runtime applies to the fp32 model itself (OpenVINO's inference hint),
 # as opposed to variant files (fp16, int8) made by converters.quantize.
 RUNTIME_PRECISIONS = ("bf16",)
+# Every row's speed-up is against this row at the same batch size: the default runtime.
+BASELINE = ("cpu", "fp32")
 COLD_START_RUNS = 5
 MIN_TIMED_CALLS = 3
 NAMES = {"torch": "PyTorch eager (reference)", "cpu": "ONNX Runtime CPU", "cuda": "ONNX Runtime CUDA",
@@ -56,6 +61,35 @@ def bench_runtime(
     Times ``iterations`` calls, or with ``seconds`` as many as fit in that budget (at
     least 3) after ``warmup`` untimed ones.
     """
+    row, times = _measure(provider, model, batch_size, iterations, warmup, seconds, options)
+    return row if times is None else _summary(row, [times])
+
+
+def _summary(row: dict[str, Any], rounds: list[list[float]]) -> dict[str, Any]:
+    """``row`` with latency over every timed call of every round; the median is the median
+    of the rounds' medians, so one noisy round cannot move it far."""
+    medians = [statistics.median(times) for times in rounds]
+    pooled = [t for times in rounds for t in times]
+    median = statistics.median(medians)
+    summary = {
+        **row,
+        "calls": len(pooled),
+        "median_ms": round(median * 1e3, 2),
+        "p90_ms": round(_percentile(pooled, 0.9) * 1e3, 2),
+        "p99_ms": round(_percentile(pooled, 0.99) * 1e3, 2),
+        "images_per_s": round(row["batch_size"] / median, 1),
+    }
+    if len(rounds) > 1:
+        summary["rounds"] = len(rounds)
+        summary["round_medians_ms"] = [round(m * 1e3, 3) for m in medians]
+    return summary
+
+
+def _measure(
+    provider: str, model: Path, batch_size: int, iterations: int, warmup: int,
+    seconds: float | None, options: dict[str, Any] | None,
+) -> tuple[dict[str, Any], list[float] | None]:
+    """(row without latencies, seconds per timed call), or (row with its skip reason, None)."""
     import numpy as np
 
     from runtimes.adapters import create_runner, unavailable_reason
@@ -65,13 +99,13 @@ def bench_runtime(
         raise ValueError(f"need batch_size >= 1, iterations >= 1, warmup >= 0; got {batch_size}, {iterations}, {warmup}")
     reason = unavailable_reason(provider)
     if reason is not None:
-        return {"provider": provider, "batch_size": batch_size, "skipped": reason}
+        return {"provider": provider, "batch_size": batch_size, "skipped": reason}, None
     runner = create_runner(provider, model, batch_size=batch_size, **(options or {}))
     started = time.perf_counter()
     try:
         runner.load()
     except ToolkitError as exc:  # one runtime failing must not cost the others' numbers
-        return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to load: {exc}"}
+        return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to load: {exc}"}, None
     with runner:
         load_s = time.perf_counter() - started
         size = runner.spec.crop_size
@@ -86,20 +120,21 @@ def bench_runtime(
                 runner.infer(batch)
                 times.append(time.perf_counter() - t0)
         except ToolkitError as exc:
-            return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to run: {exc}"}
+            return {"provider": provider, "batch_size": batch_size, "skipped": f"failed to run: {exc}"}, None
         active = runner.active_providers()
-    median = statistics.median(times)
-    return {
-        "provider": provider,
-        "runs_on": active,
-        "batch_size": batch_size,
-        "calls": len(times),
-        "load_s": round(load_s, 3),
-        "median_ms": round(median * 1e3, 2),
-        "p90_ms": round(_percentile(times, 0.9) * 1e3, 2),
-        "p99_ms": round(_percentile(times, 0.99) * 1e3, 2),
-        "images_per_s": round(batch_size / median, 1),
-    }
+    return {"provider": provider, "runs_on": active, "batch_size": batch_size, "load_s": round(load_s, 3)}, times
+
+
+def _speedup(results: list, baseline: list | None) -> dict[str, Any]:
+    """How many times faster than the baseline row: the median of the per-round ratios of
+    medians, with their range when there are several rounds. Empty without a baseline."""
+    if not baseline or baseline[0][1] is None:
+        return {}
+    ratios = sorted(statistics.median(base) / statistics.median(times) for (_, base), (_, times) in zip(baseline, results))
+    found: dict[str, Any] = {"speedup": round(statistics.median(ratios), 2)}
+    if len(ratios) > 1:
+        found["speedup_range"] = [round(ratios[0], 2), round(ratios[-1], 2)]
+    return found
 
 
 def cold_start(model: Path, runs: int = COLD_START_RUNS) -> dict[str, Any]:
@@ -156,25 +191,30 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{report['flops_per_image'] / 1e9:.2f} GFLOPs per image; measured fp32 GEMM peak "
         f"{report['gemm_peak_gflops']:.0f} GFLOP/s, so at best {report['bound_ms_per_image']:.2f} ms per image",
         "",
-        "| runtime | precision | batch | p50 ms | p90 ms | p99 ms | images/s | of the fp32 limit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| runtime | precision | batch | p50 ms | p90 ms | p99 ms | images/s | of the fp32 limit | speed-up vs ORT fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         name = NAMES.get(r["provider"], r["provider"])
         if "skipped" in r:
-            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {r['skipped'][:120]} ||||||")
+            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {r['skipped'][:120]} |||||||")
             continue
         lines.append(
             f"| {name} | {r['precision']} | {r['batch_size']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['of_limit']:.0%} |"
+            f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['of_limit']:.0%} | {_speedup_cell(r)} |"
         )
+    rounds = max((r.get("rounds", 1) for r in report["rows"]), default=1)
+    if rounds > 1:
+        lines += ["", f"{rounds} interleaved rounds: p50 is the median of the rounds' medians; the speed-up is the "
+                  "median of the per-round ratios, with their range."]
     files = report.get("files")
     if files:
         run = files["runtimes_run"]
         lines += [
             "",
             f"From files: {files['images']} images in {files['folder']}, provider {files['provider']}, "
-            f"batch {files['batch_size']}, {'exact' if files['exact'] else 'default (fast)'} preprocessing",
+            f"batch {files['batch_size']}, {'exact' if files['exact'] else 'default (fast)'} preprocessing"
+            + (f"; {files['decode']['unreadable']} could not be read or decoded" if files["decode"]["unreadable"] else ""),
             "",
             "| stage | images/s |",
             "|---|---|",
@@ -198,6 +238,13 @@ def _markdown(report: dict[str, Any]) -> str:
             f"of {cold['runs']} runs; torch imported: {cold['torch_imported']}"
         )
     return "\n".join(lines)
+
+
+def _speedup_cell(row: dict[str, Any]) -> str:
+    if "speedup" not in row:
+        return ""
+    low_high = row.get("speedup_range")
+    return f"{row['speedup']:.2f}x" + (f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high else "")
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -257,10 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per row (default: 50)")
     parser.add_argument("--seconds", type=float, help="time budget per row instead of --iterations")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls first (default: 5)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="measure every row this many times, interleaved; a row's median is the median of its "
+                             "rounds, its speed-up the median of per-round ratios (default: 1)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one named beside the model)")
     parser.add_argument("--images", type=Path, help="a folder of images: decode, inference and end-to-end throughput")
     parser.add_argument("--files-batch-size", type=positive_int, default=8, help="batch size for --images (default: 8)")
     parser.add_argument("--exact", action="store_true", help="--images: exact preprocessing instead of the default")
+    add_max_pixels(parser)
     parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold-start measurement")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a markdown table")
     parser.add_argument("--plot", type=Path, help="write latency and throughput per runtime and batch to this PNG")
@@ -293,30 +344,41 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = physical_cores()
     plan = [(p, prec, b) for prec in precisions for p in providers for b in batch_sizes]
-    progress = Progress(len(plan) + 2 + (args.images is not None) + (not args.no_cold_start))
+    progress = Progress(len(plan) * args.rounds + 2 + (args.images is not None) + (not args.no_cold_start))
     progress.step("counting FLOPs and measuring the GEMM peak")
     flops = model_flops(args.model)
     peak = gemm_peak_gflops(threads)
     bound_ms = flops / (peak * 1e9) * 1e3
+    measured: dict[tuple[str, str, int], list] = {item: [] for item in plan}  # per round: (row, times)
+    for round_ in range(args.rounds):
+        # Every other round runs the plan backwards, so a slow spell on a shared machine
+        # does not always land on the same rows.
+        for provider, precision, batch in plan if round_ % 2 == 0 else plan[::-1]:
+            progress.step(f"{provider} {precision} batch {batch}" + (f", round {round_ + 1}" if args.rounds > 1 else ""))
+            earlier = measured[(provider, precision, batch)]
+            if earlier and earlier[0][1] is None:
+                continue  # skipped: the reason will not change
+            path = variant_path(args.model, "fp32" if precision in RUNTIME_PRECISIONS else precision)
+            if provider == "torch" and precision != "fp32":
+                result = {"provider": provider, "batch_size": batch, "skipped": "the PyTorch reference runs fp32 only"}, None
+            elif precision in RUNTIME_PRECISIONS and provider != "openvino":
+                result = {"provider": provider, "batch_size": batch, "skipped": f"{precision} is an OpenVINO inference precision"}, None
+            elif not path.is_file():
+                result = {"provider": provider, "batch_size": batch, "skipped": f"no {precision} variant at {path}"}, None
+            else:
+                options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
+                if precision in RUNTIME_PRECISIONS:
+                    options["precision"] = precision
+                result = _measure(provider, path, batch, args.iterations, args.warmup, args.seconds, options)
+            earlier.append(result)
     rows = []
-    for provider, precision, batch in plan:
-        progress.step(f"{provider} {precision} batch {batch}")
-        path = variant_path(args.model, "fp32" if precision in RUNTIME_PRECISIONS else precision)
-        if provider == "torch" and precision != "fp32":
-            row = {"provider": provider, "batch_size": batch, "skipped": "the PyTorch reference runs fp32 only"}
-        elif precision in RUNTIME_PRECISIONS and provider != "openvino":
-            row = {"provider": provider, "batch_size": batch, "skipped": f"{precision} is an OpenVINO inference precision"}
-        elif not path.is_file():
-            row = {"provider": provider, "batch_size": batch, "skipped": f"no {precision} variant at {path}"}
-        else:
-            options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
-            if precision in RUNTIME_PRECISIONS:
-                options["precision"] = precision
-            row = bench_runtime(provider, path, batch_size=batch, iterations=args.iterations, warmup=args.warmup,
-                                seconds=args.seconds, options=options)
+    for (provider, precision, batch), results in measured.items():
+        first, times = results[0]
+        row = first if times is None else _summary(first, [t for _, t in results])
         row["precision"] = precision
-        if "skipped" not in row:
+        if times is not None:
             row["of_limit"] = round(bound_ms / (row["median_ms"] / batch), 3)
+            row.update(_speedup(results, measured.get((BASELINE[0], BASELINE[1], batch))))
         rows.append(row)
     report: dict[str, Any] = {
         "model": str(args.model),
@@ -353,13 +415,14 @@ def _files_report(args, providers: list[str], rows: list[dict[str, Any]]) -> dic
     if not files:
         raise ImageError(f"--images {args.images} holds no images")
     batch = args.files_batch_size
-    decode = decode_only(files, ModelSpec.from_onnx(args.model), exact=args.exact, workers=default_workers())
+    decode = decode_only(files, ModelSpec.from_onnx(args.model), exact=args.exact, workers=default_workers(),
+                         max_pixels=args.max_pixels)
     inference = next((r for r in rows if r["provider"] == provider and r["precision"] == "fp32"
                       and r["batch_size"] == batch and "skipped" not in r), None)
     if inference is None:
         inference = bench_runtime(provider, args.model, batch_size=batch, iterations=10, warmup=2)
     bound = 1 / (1 / decode["images_per_s"] + 1 / inference["images_per_s"])
-    run = run_cli(args.model, args.images, provider=provider, batch_size=batch, exact=args.exact)
+    run = run_cli(args.model, args.images, provider=provider, batch_size=batch, exact=args.exact, max_pixels=args.max_pixels)
     return {
         "folder": str(args.images),
         "images": len(files),

@@ -18,19 +18,30 @@ from pathlib import Path
 from typing import Any
 
 
-def decode_only(files: list[Path], spec, *, exact: bool, workers: int) -> dict[str, Any]:
-    """Images/s of reading, decoding and preprocessing alone, on ``workers`` threads."""
+def decode_only(files: list[Path], spec, *, exact: bool, workers: int, max_pixels: int | None = None) -> dict[str, Any]:
+    """Images/s of reading, decoding and preprocessing alone, on ``workers`` threads.
+
+    An image that cannot be read or decoded is counted in ``unreadable``, as
+    ``runtimes.run`` would report it, and costs the others nothing.
+    """
+    from runtimes.errors import ImageError
     from runtimes.preprocess import load_with_mode
 
-    def one(path: Path) -> str:
-        return load_with_mode(path.read_bytes(), spec, str(path), fast=not exact)[1]
+    def one(path: Path) -> str | None:
+        try:
+            return load_with_mode(path.read_bytes(), spec, str(path), fast=not exact, max_pixels=max_pixels)[1]
+        except (OSError, ImageError):
+            return None
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, files[: min(4, len(files))]))  # warm the code paths and page cache
         started = time.perf_counter()
         modes = list(pool.map(one, files))
         seconds = time.perf_counter() - started
-    return {"images_per_s": round(len(files) / seconds, 2), "workers": workers, "modes": sorted(set(modes))}
+    return {
+        "images_per_s": round(len(files) / seconds, 2), "workers": workers,
+        "modes": sorted({m for m in modes if m is not None}), "unreadable": modes.count(None),
+    }
 
 
 # Runs `python -m runtimes.run` and reports its own peak RSS on stderr as it exits.
@@ -58,7 +69,9 @@ def _timed(args: list[str]) -> tuple[float, list[str], int | None, str]:
     return seconds, proc.stdout.splitlines(), peak, proc.stderr
 
 
-def run_cli(model: Path, folder: Path, *, provider: str, batch_size: int, exact: bool) -> dict[str, Any]:
+def run_cli(
+    model: Path, folder: Path, *, provider: str, batch_size: int, exact: bool, max_pixels: int | None = None
+) -> dict[str, Any]:
     """``python -m runtimes.run --json`` on ``folder``: images/s and the process's peak memory.
 
     Start-up (imports, model load) is measured on one small image and subtracted, so
@@ -69,6 +82,7 @@ def run_cli(model: Path, folder: Path, *, provider: str, batch_size: int, exact:
 
     options = ["--json", "--model", str(model), "--provider", provider, "--batch-size", str(batch_size)]
     options += ["--exact"] if exact else []
+    options += ["--max-pixels", str(max_pixels)] if max_pixels else []
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small.jpg"
         small.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes())

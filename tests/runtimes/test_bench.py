@@ -130,3 +130,57 @@ def test_an_unknown_provider_fails_before_anything_is_measured(demo_export, caps
 
 def test_warmup_zero_is_allowed(demo_export):
     assert bench_runtime("cpu", demo_export.path, iterations=1, warmup=0)["median_ms"] > 0
+
+
+def test_rounds_give_each_row_the_median_of_its_rounds_and_a_speedup_per_round(demo_export, capsys):
+    """Two interleaved rounds of ORT fp32 and OpenVINO bf16: a row's p50 is the median of
+    its rounds' medians, and its speed-up is the median of baseline/row ratios taken round
+    by round (computed here from the reported round medians, not by the bench's code)."""
+    import statistics
+
+    if unavailable_reason("openvino") is not None:
+        pytest.skip(f"openvino: {unavailable_reason('openvino')}")
+    args = ["--model", str(demo_export.path), "--providers", "cpu,openvino", "--precisions", "fp32,bf16",
+            "--rounds", "3", "--iterations", "3", "--warmup", "1", "--no-cold-start"]
+    assert main([*args, "--json"]) == 0
+    rows = {(r["provider"], r["precision"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert "skipped" in rows[("cpu", "bf16")] and "rounds" not in rows[("cpu", "bf16")]
+    base, bf16 = rows[("cpu", "fp32")], rows[("openvino", "bf16")]
+    for row in (base, rows[("openvino", "fp32")], bf16):
+        assert row["rounds"] == 3 and len(row["round_medians_ms"]) == 3 and row["calls"] == 9
+        assert row["median_ms"] == pytest.approx(statistics.median(row["round_medians_ms"]), abs=0.01)
+    ratios = sorted(b / v for b, v in zip(base["round_medians_ms"], bf16["round_medians_ms"]))
+    assert bf16["speedup"] == pytest.approx(ratios[1], abs=0.01)
+    assert bf16["speedup_range"] == pytest.approx([ratios[0], ratios[2]], abs=0.01)
+    assert base["speedup"] == 1.0 and base["speedup_range"] == [1.0, 1.0]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    import re
+
+    bf16_line = next(line for line in table.splitlines() if line.startswith("| OpenVINO | bf16 | 1 |"))
+    assert re.search(r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|$", bf16_line), bf16_line
+    assert "3 interleaved rounds" in table
+
+
+def test_rows_without_a_baseline_at_their_batch_size_have_no_speedup(demo_export, capsys):
+    assert main(["--model", str(demo_export.path), "--providers", "opencv", "--iterations", "1", "--warmup", "0",
+                 "--no-cold-start", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert "speedup" not in row and "rounds" not in row and row["calls"] == 1
+
+
+def test_unreadable_and_oversized_images_are_counted_not_fatal(demo_export, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, side in (("a.png", 60), ("b.png", 70), ("big.png", 200)):
+        (images / name).write_bytes(cv2.imencode(".png", np.full((side, side, 3), 90, np.uint8))[1].tobytes())
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert main(["--model", str(demo_export.path), "--providers", "cpu", "--iterations", "1", "--warmup", "0",
+                 "--images", str(images), "--files-batch-size", "2", "--max-pixels", "10000", "--no-cold-start",
+                 "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert files["images"] == 4 and files["decode"]["unreadable"] == 2
+    assert files["runtimes_run"]["images"] == 4 and files["runtimes_run"]["failed"] == 2
