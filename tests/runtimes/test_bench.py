@@ -132,17 +132,29 @@ def test_warmup_zero_is_allowed(demo_export):
     assert bench_runtime("cpu", demo_export.path, iterations=1, warmup=0)["median_ms"] > 0
 
 
-def test_rounds_give_each_row_the_median_of_its_rounds_and_a_speedup_per_round(demo_export, capsys):
-    """Two interleaved rounds of ORT fp32 and OpenVINO bf16: a row's p50 is the median of
-    its rounds' medians, and its speed-up is the median of baseline/row ratios taken round
-    by round (computed here from the reported round medians, not by the bench's code)."""
+def test_rounds_give_each_row_the_median_of_its_rounds_and_a_speedup_per_round(demo_export, capsys, monkeypatch):
+    """Three interleaved rounds of ORT and OpenVINO, fp32 and bf16: every other round runs
+    backwards; a row's p50 is the median of its rounds' medians, and its speed-up is the
+    median of baseline/row ratios taken round by round (computed here from the reported
+    round medians, not by the bench's code)."""
     import statistics
+
+    import runtimes.bench
 
     if unavailable_reason("openvino") is not None:
         pytest.skip(f"openvino: {unavailable_reason('openvino')}")
+    measured, measure = [], runtimes.bench._measure
+
+    def watched(provider, path, batch, *rest):  # the real measurement, in the order the bench asks for it
+        measured.append((provider, (rest[-1] or {}).get("precision", "fp32")))
+        return measure(provider, path, batch, *rest)
+
+    monkeypatch.setattr(runtimes.bench, "_measure", watched)
     args = ["--model", str(demo_export.path), "--providers", "cpu,openvino", "--precisions", "fp32,bf16",
             "--rounds", "3", "--iterations", "3", "--warmup", "1", "--no-cold-start"]
     assert main([*args, "--json"]) == 0
+    forward = [("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]  # cpu bf16 is a skip, never measured
+    assert measured == forward + forward[::-1] + forward
     rows = {(r["provider"], r["precision"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert "skipped" in rows[("cpu", "bf16")] and "rounds" not in rows[("cpu", "bf16")]
     base, bf16 = rows[("cpu", "fp32")], rows[("openvino", "bf16")]
