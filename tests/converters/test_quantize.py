@@ -17,21 +17,64 @@ from runtimes.spec import ModelSpec
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_int8_has_dequantized_inputs_on_every_conv_and_gemm(demo_int8):
+def _dequantized_inputs(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """Both the activation and the weight of ``node`` come out of a DequantizeLinear."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for name in node.input[:2]:
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return False
+        source = producers.get(dq.input[0])
+        assert source is None or source.op_type == "QuantizeLinear"  # a quantized weight, or a Q of an activation
+    return True
+
+
+def test_int8_has_dequantized_inputs_on_every_conv_and_gemm_but_the_classifier(demo_int8):
     model = onnx.load(str(demo_int8.path))
-    producers = {out: node for node in model.graph.node for out in node.output}
     compute = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     assert len(compute) == 57 + 2 + 1  # the convs, the two LRN window sums, the classifier
-    for node in compute:
-        for name in node.input[:2]:  # activations and weights
-            dq = producers.get(name)
-            assert dq is not None and dq.op_type == "DequantizeLinear", f"{node.name}: {name} is not dequantized"
-            source = producers.get(dq.input[0])
-            assert source is None or source.op_type == "QuantizeLinear"  # a quantized weight, or a Q of an activation
+    assert ModelSpec.from_onnx(demo_int8.path).variant["fp32_layers"] == ["/fc/Gemm"] == [compute[-1].name]
+    assert [n.name for n in compute if not _dequantized_inputs(model, n)] == ["/fc/Gemm"]
+    weights = {i.name: i for i in model.graph.initializer}
+    assert weights[compute[-1].input[1]].data_type == onnx.TensorProto.FLOAT
     types = {i.name: i.data_type for i in model.graph.initializer}
     q_zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     # uint8 activations (U8S8): OpenVINO refuses signed int8 activations
     assert q_zero_points and all(types[z] == onnx.TensorProto.UINT8 for z in q_zero_points)
+
+
+def test_an_fp32_classifier_moves_the_logits_less_than_an_int8_one(demo_export, demo_int8, fresh_images, tmp_path):
+    """--keep-fp32 none quantizes every layer; calibrated on the same images, it strays
+    further from the fp32 logits (bare ONNX Runtime sessions, numpy's norm)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from runtimes import preprocess
+    from samples.generate import write_dataset
+
+    calib = write_dataset(tmp_path / "calib", per_class=12, seed=31)[0].parents[1]  # the fixture's 108 images
+    every = quantize(demo_export.path, "int8", calib=calib, keep_fp32=[], out=tmp_path / "every.int8.onnx")
+    model = onnx.load(str(every.path))
+    assert all(_dequantized_inputs(model, n) for n in model.graph.node if n.op_type in ("Conv", "Gemm"))
+    assert every.spec.variant["fp32_layers"] == []
+    files = sorted(fresh_images.rglob("*.jpg"))
+    inputs = preprocess.stack([preprocess.load(f.read_bytes(), demo_export.spec) for f in files])
+
+    def logits(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": inputs})[0]
+
+    reference = logits(demo_export.path)
+
+    def error(path):
+        return float(np.median(np.linalg.norm(logits(path) - reference, axis=1) / np.linalg.norm(reference, axis=1)))
+
+    assert error(demo_int8.path) < 0.9 * error(every.path)
+
+
+def test_keep_fp32_names_must_exist(demo_export, tmp_path):
+    with pytest.raises(ExportError, match=r"--keep-fp32: no layer named '/fc/Gem' in demo.onnx; .* \.\.\. /fc/Gemm$"):
+        quantize(demo_export.path, "int8", calib_count=8, keep_fp32=["classifier", "/fc/Gem"], out=tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_int8_spec_records_how_it_was_made(demo_int8, demo_export):
@@ -45,13 +88,17 @@ def test_int8_spec_records_how_it_was_made(demo_int8, demo_export):
     assert demo_int8.size_bytes < demo_export.path.stat().st_size / 3  # int8 weights: under a third of fp32
 
 
-def test_int8_runs_on_openvino_too(demo_int8, fresh_images):
-    pytest.importorskip("openvino", reason="openvino is an optional extra")
+@pytest.mark.parametrize("provider", ["openvino", "opencv"])
+def test_int8_runs_on_openvino_and_opencv_too(demo_int8, fresh_images, provider):
+    """OpenCV DNN imports the int8 model only because its classifier is fp32: with a QDQ Gemm it does not."""
+    from runtimes.adapters import unavailable_reason
     from runtimes.classifier import Classifier
     from samples.generate import label_of
 
+    if unavailable_reason(provider) is not None:
+        pytest.skip(f"{provider}: {unavailable_reason(provider)}")
     files = sorted(fresh_images.rglob("*.jpg"))[::9]
-    with Classifier(demo_int8.path, "openvino") as clf:
+    with Classifier(demo_int8.path, provider) as clf:
         predictions = clf.predict(files)
     assert sum(p.topk[0].label == label_of(p.image) for p in predictions) >= len(files) - 1
 
@@ -108,10 +155,11 @@ def test_quantize_runs_without_torch(demo_export, tmp_path):
     assert (tmp_path / "half.onnx").is_file()
 
 
-def test_a_runtime_that_cannot_load_a_variant_says_so_in_one_line(demo_int8):
+def test_a_runtime_that_cannot_load_a_variant_says_so_in_one_line(demo_export, tmp_path):
+    half = quantize(demo_export.path, "fp16", calib_count=8, out=tmp_path / "half.onnx").path
     image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
     proc = subprocess.run(
-        [sys.executable, "-m", "runtimes.run", "--provider", "opencv", "--model", str(demo_int8.path), str(image)],
+        [sys.executable, "-m", "runtimes.run", "--provider", "opencv", "--model", str(half), str(image)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and proc.stdout == ""
