@@ -115,7 +115,8 @@ def precision_report() -> list[str]:
         lines.append(f"openvino  {', '.join(supported)} (OpenVINO's CPU capabilities{', ' + '/'.join(bf16) if bf16 else ''}){note}")
     except Exception as exc:  # not installed, or no CPU plugin
         lines.append(f"openvino  unavailable: {type(exc).__name__}: {first_line(exc)}")
-    lines.append("opencv    fp32; the fp16 variant made by ONNX Runtime's converter does not import")
+    lines.append("opencv    fp32; int8 (QDQ) imports but is not fast (runtimes.bench --precisions fp32,int8); "
+                 "the fp16 variant made by ONNX Runtime's converter does not import")
     return lines
 
 
