@@ -128,7 +128,7 @@ def _measure(
 def _speedup(results: list, baseline: list | None) -> dict[str, Any]:
     """How many times faster than the baseline row: the median of the per-round ratios of
     medians, with their range when there are several rounds. Empty without a baseline."""
-    if not baseline or baseline[0][1] is None:
+    if not baseline or any(times is None for _, times in baseline):
         return {}
     ratios = sorted(statistics.median(base) / statistics.median(times) for (_, base), (_, times) in zip(baseline, results))
     found: dict[str, Any] = {"speedup": round(statistics.median(ratios), 2)}
@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         for provider, precision, batch in plan if round_ % 2 == 0 else plan[::-1]:
             progress.step(f"{provider} {precision} batch {batch}" + (f", round {round_ + 1}" if args.rounds > 1 else ""))
             earlier = measured[(provider, precision, batch)]
-            if earlier and earlier[0][1] is None:
-                continue  # skipped: the reason will not change
+            if any(times is None for _, times in earlier):
+                continue  # skipped once: the whole row is
             path = variant_path(args.model, "fp32" if precision in RUNTIME_PRECISIONS else precision)
             if provider == "torch" and precision != "fp32":
                 result = {"provider": provider, "batch_size": batch, "skipped": "the PyTorch reference runs fp32 only"}, None
@@ -373,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             earlier.append(result)
     rows = []
     for (provider, precision, batch), results in measured.items():
-        first, times = results[0]
-        row = first if times is None else _summary(first, [t for _, t in results])
+        skipped = next((row for row, times in results if times is None), None)
+        row = skipped or _summary(results[0][0], [times for _, times in results])
         row["precision"] = precision
-        if times is not None:
+        if skipped is None:
             row["of_limit"] = round(bound_ms / (row["median_ms"] / batch), 3)
             row.update(_speedup(results, measured.get((BASELINE[0], BASELINE[1], batch))))
         rows.append(row)
