@@ -5,12 +5,11 @@
         [--keep-fp32 classifier|none|NODE,...] [--out PATH]
 
 - int8: ``quant_pre_process`` (shape inference, graph optimisation), then static QDQ with
-  per-channel int8 weights and uint8 activations (U8S8). The classifier layer stays fp32
-  by default (``classifier_nodes``); ``--keep-fp32`` names other layers, or none. ONNX
-  Runtime runs it, and
+  per-channel int8 weights and uint8 activations (U8S8): ONNX Runtime runs it, and
   OpenVINO compiles it (it refuses signed int8 activations, S8S8: "No suitable
-  implementations"). Calibration images go through ``runtimes.preprocess`` (exact), in
-  sorted order, so the same folder gives the same model.
+  implementations"). The classifier layer stays fp32 by default (``classifier_nodes``);
+  ``--keep-fp32`` names other layers, or none. Calibration images go through
+  ``runtimes.preprocess`` (exact), in sorted order, so the same folder gives the same model.
 - fp16: weights and activations in fp16, inputs and outputs kept fp32 so callers do not
   change.
 
@@ -30,14 +29,14 @@ import hashlib
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtimes.bundle import sha256_file
 from converters.errors import ExportError
+from runtimes.bundle import sha256_file
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec, variant_path
 
 PRECISIONS = ("int8", "fp16")

@@ -162,7 +162,7 @@ def build_bundle(
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         tarball = Path(f"{out}.tar.gz")
         write_bytes(tarball, _tar_gz(staging, out.name))
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -187,8 +187,8 @@ def _tar_gz(folder: Path, name: str) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an old bundle there is moved aside first and removed after."""
+def replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; an old folder there is moved aside first and removed after."""
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))

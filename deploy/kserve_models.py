@@ -45,16 +45,16 @@ from runtimes.spec import ModelSpec
 TENSOR_MODEL = "googlenet"
 IMAGE_MODEL = "googlenet-image"
 IMAGE_INPUT = "image"
-DEFAULT_MAX_BATCH = 32
 DEFAULT_TOPK = 5
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+_STARTS_BASE64 = re.compile(rb"\s*[A-Za-z0-9+/]")  # raw JPEG, PNG, GIF, BMP, TIFF and WebP do not
 
 
 class Engine:
     """One loaded model shared by both served models; built lazily so it can travel to a Ray replica."""
 
     def __init__(self, model: str | Path, provider: str = "cpu", *, spec: ModelSpec | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_pixels: int | None = None,
+                 max_batch: int, max_pixels: int | None = None,
                  options: dict[str, Any] | None = None) -> None:
         self.model, self.provider, self.max_batch, self.max_pixels = Path(model), provider, max_batch, max_pixels
         self._spec, self._options = spec, dict(options or {})
@@ -127,7 +127,7 @@ def _request_int(request: InferRequest, key: str, default: int) -> int:
     return value
 
 
-def image_bytes(element: Any, index: int = 0) -> bytes:
+def image_bytes(element: Any, index: int) -> bytes:
     """The encoded image in one BYTES element: raw bytes as they are, base64 text decoded.
 
     Anything but bytes or text (a JSON number, say: ``bytes(10**9)`` would allocate a
@@ -140,8 +140,10 @@ def image_bytes(element: Any, index: int = 0) -> bytes:
     else:
         raise InvalidInput(f"input {IMAGE_INPUT!r} element {index} is {type(element).__name__}; "
                            "send each image as bytes (gRPC, REST binary) or base64 text (REST JSON)")
+    if not _STARTS_BASE64.match(data):
+        return data  # raw bytes: no copy without whitespace to scan
     stripped = b"".join(data.split())
-    if stripped and _BASE64.fullmatch(stripped):
+    if _BASE64.fullmatch(stripped):
         try:
             return base64.b64decode(stripped, validate=True)
         except binascii.Error:
@@ -150,42 +152,42 @@ def image_bytes(element: Any, index: int = 0) -> bytes:
 
 
 class _ServedModel(Model):
-    def __init__(self, name: str, engine: Engine) -> None:
-        super().__init__(name)
-        self.engine = engine
+    NAME = ""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(self.NAME)
+        # Not ``self.engine``: kserve's Model uses that name for a flag that makes the
+        # server call start_engine() and stop_engine().
+        self.backend = engine
 
     def load(self) -> bool:
-        self.engine.classifier  # noqa: B018 - build the session now, not on the first request
+        self.backend.classifier  # noqa: B018 - build the session now, not on the first request
         self.ready = True
         return True
-
-    async def _in_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 class TensorModel(_ServedModel):
     """``googlenet``: a preprocessed FP32 batch in, the graph's logits out."""
 
-    def __init__(self, engine: Engine, name: str = TENSOR_MODEL) -> None:
-        super().__init__(name, engine)
+    NAME = TENSOR_MODEL
 
     def get_input_types(self) -> list[dict]:
-        spec = self.engine.spec
+        spec = self.backend.spec
         return [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, spec.crop_size, spec.crop_size]}]
 
     def get_output_types(self) -> list[dict]:
-        spec = self.engine.spec
+        spec = self.backend.spec
         return [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}]
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
-        spec = self.engine.spec
+        spec = self.backend.spec
         tensor = _input(payload, spec.input_name, "FP32")
         size = spec.crop_size
         if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [3, size, size]:
             raise InvalidInput(f"input {spec.input_name!r} must have shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
-        _check_batch(tensor.shape[0], self.engine.max_batch)
+        _check_batch(tensor.shape[0], self.backend.max_batch)
         batch = np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
-        logits = await self._in_thread(self.engine.classifier.runner.infer, batch)
+        logits = await asyncio.to_thread(self.backend.classifier.runner.infer, batch)
         out = InferOutput(spec.output_name, list(logits.shape), "FP32")
         out.set_data_from_numpy(np.asarray(logits, dtype=np.float32), binary_data=payload.use_binary_outputs)
         return InferResponse(payload.id or str(uuid.uuid4()), self.name, [out], use_binary_outputs=payload.use_binary_outputs,
@@ -195,8 +197,7 @@ class TensorModel(_ServedModel):
 class ImageModel(_ServedModel):
     """``googlenet-image``: encoded images in, each image's top-k labels (or its error) out."""
 
-    def __init__(self, engine: Engine, name: str = IMAGE_MODEL) -> None:
-        super().__init__(name, engine)
+    NAME = IMAGE_MODEL
 
     def get_input_types(self) -> list[dict]:
         return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
@@ -214,13 +215,13 @@ class ImageModel(_ServedModel):
         shape = list(tensor.shape)
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise InvalidInput(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1], one encoded image each; got {shape}")
-        _check_batch(shape[0], self.engine.max_batch)
+        _check_batch(shape[0], self.backend.max_batch)
         k = _request_int(payload, "topk", DEFAULT_TOPK)
-        classes = self.engine.spec.num_classes
+        classes = self.backend.spec.num_classes
         if not 1 <= k <= classes:
             raise InvalidInput(f"parameter 'topk' must be 1 to {classes}, got {k}")
         images = [image_bytes(e, i) for i, e in enumerate(_as_numpy(tensor).reshape(-1))]
-        predictions = await self._in_thread(self.engine.classifier.predict, images, k)
+        predictions = await asyncio.to_thread(self.backend.classifier.predict, images, k)
         n = len(predictions)
         labels = np.full((n, k), b"", dtype=np.object_)
         probs = np.zeros((n, k), dtype=np.float32)

@@ -38,11 +38,11 @@ class LoadResult:
     first_error: str | None = None
 
 
-def seeded_batch(batch: int, size: int = 224) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+def seeded_batch(batch: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
 
 
-def grpc_infer(address: str, model: str = "googlenet"):
+def grpc_infer(address: str):
     """A function batch -> logits over gRPC; one client per calling thread."""
     import tritonclient.grpc as grpcclient
 
@@ -53,12 +53,12 @@ def grpc_infer(address: str, model: str = "googlenet"):
             local.client = grpcclient.InferenceServerClient(address)
         tensor = grpcclient.InferInput("input", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
-        return local.client.infer(model, [tensor]).as_numpy("logits")
+        return local.client.infer("googlenet", [tensor]).as_numpy("logits")
 
     return infer
 
 
-def http_infer(address: str, model: str = "googlenet", binary: bool = True):
+def http_infer(address: str, binary: bool = True):
     """A function batch -> logits over REST (binary tensor extension unless ``binary`` is False)."""
     import tritonclient.http as httpclient
 
@@ -70,7 +70,7 @@ def http_infer(address: str, model: str = "googlenet", binary: bool = True):
         tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch, binary_data=binary)
         wanted = httpclient.InferRequestedOutput("logits", binary_data=binary)
-        return local.client.infer(model, [tensor], outputs=[wanted]).as_numpy("logits")
+        return local.client.infer("googlenet", [tensor], outputs=[wanted]).as_numpy("logits")
 
     return infer
 

@@ -97,13 +97,13 @@ def replicated_models(engine: Engine, replicas: int) -> list[ReplicatedModel]:
     import ray
     from ray import serve
 
-    cpus = os.cpu_count() or 1
-    ray.init(num_cpus=max(cpus, replicas), include_dashboard=False, configure_logging=False,
+    slots = max(os.cpu_count() or 1, replicas)
+    ray.init(num_cpus=slots, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     serve.start(http_options={"location": "Disabled"})
     engine.close()  # the replicas load their own sessions; the driver needs none
     replica = serve.deployment(Replica, name=DEPLOYMENT, num_replicas=replicas,
-                               ray_actor_options={"num_cpus": max(cpus, replicas) / replicas})
+                               ray_actor_options={"num_cpus": slots / replicas})
     handle = serve.run(replica.bind(engine.for_replicas(replicas)), name=DEPLOYMENT, route_prefix=None)
     pids: set[int] = set()
     for _ in range(32 * replicas):  # the router picks at random between the least busy: ask until all answered

@@ -80,15 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     check_port(args.host, args.grpc_port, "gRPC")
     from deploy import kserve_models as km  # kserve loads only now
     from deploy.kserve_server import HostModelServer
-    from runtimes.bundle import first_loadable, open_bundle
+    from runtimes.bundle import first_loadable, model_to_run
 
     with contextlib.ExitStack() as stack:
-        model, spec, providers = args.model or DEFAULT_MODEL, None, (args.provider or "cpu",)
-        if args.bundle is not None:
-            bundle = stack.enter_context(open_bundle(args.bundle))
-            chosen = bundle.model(args.variant)
-            model, spec = chosen.path, chosen.spec
-            providers = (args.provider,) if args.provider else bundle.providers
+        model, spec, providers = model_to_run(stack, args.model or DEFAULT_MODEL, args.bundle, args.variant, args.provider)
         options = {"threads": args.threads} if args.threads else {}
 
         def load(provider: str) -> km.Engine:

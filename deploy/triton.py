@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deploy.bundle import replace_dir
 from runtimes.cli import positive_int, run_cli
 from runtimes.errors import BundleError
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
@@ -94,9 +95,7 @@ def write_repository(
         (staging / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
         staging.chmod(0o755)
         target = out / name
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

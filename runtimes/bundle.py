@@ -176,6 +176,18 @@ def _unpack(tarball: Path, into: Path) -> Path:
     return into / tops.pop()
 
 
+def model_to_run(
+    stack: contextlib.ExitStack, model: str | Path, bundle: str | Path | None, variant: str | None, provider: str | None
+) -> tuple[Path, ModelSpec | None, tuple[str, ...]]:
+    """(model file, its spec or None to read it from the file, providers to try in order)
+    for ``--model`` or ``--bundle`` (opened for as long as ``stack`` lasts) with ``--variant``."""
+    if bundle is None:
+        return Path(model), None, (provider or "cpu",)
+    opened = stack.enter_context(open_bundle(bundle))
+    chosen = opened.model(variant)
+    return chosen.path, chosen.spec, (provider,) if provider else opened.providers
+
+
 def first_loadable(providers: tuple[str, ...], load: Callable[[str], T]) -> tuple[T, str, list[str]]:
     """``load(provider)`` for the first provider that loads: (result, provider, why the earlier ones did not)."""
     failures = []

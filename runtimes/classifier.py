@@ -205,7 +205,7 @@ class Classifier:
             if isinstance(item, np.ndarray):
                 rgb = preprocess.frame_to_rgb(item, frame_order, name)
                 return name, preprocess.prepare(rgb, self.spec), preprocess.EXACT
-            data = bytes(item) if isinstance(item, _BYTES) else _read(item, name)
+            data = item if isinstance(item, _BYTES) else _read(item, name)
             tensor, mode = preprocess.load_with_mode(data, self.spec, name, fast=not self.exact, max_pixels=self.max_pixels)
             return name, tensor, mode
         except ImageError as exc:

@@ -65,7 +65,6 @@ def evaluate(classifier, files: list[tuple[Path, int]], progress: Progress | Non
     per_class_total, per_class_hits, confused = Counter(), Counter(), Counter()
     for (path, truth), prediction in zip(files, classifier.iter_predict([p for p, _ in files], topk=5)):
         if progress is not None:
-            progress.clear()
             progress.advance(1)
         if not prediction.ok:
             result.unreadable.append(f"{path}: {prediction.error}")

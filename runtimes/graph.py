@@ -41,6 +41,7 @@ class Tensor:
 class GraphIO:
     inputs: tuple[Tensor, ...]  # without initializers, which old IR versions list as inputs too
     outputs: tuple[Tensor, ...]
+    metadata: dict[str, str]  # ModelProto.metadata_props, where the spec lives
 
     @property
     def fixed_batch(self) -> int | None:
@@ -50,7 +51,7 @@ class GraphIO:
 
 
 def read_graph_io(model: str | Path | bytes) -> GraphIO:
-    """The inputs and outputs of an ONNX model, from its file or its bytes.
+    """The inputs, outputs and metadata of an ONNX model, from its file or its bytes.
 
     A file is memory-mapped: only the pages holding field headers are read (the weights
     are skipped): 1-6 ms for the demo model, where reading all its 24 MB takes 36.
@@ -68,14 +69,19 @@ def read_graph_io(model: str | Path | bytes) -> GraphIO:
 
 
 def _graph_io(buf: bytes | mmap.mmap) -> GraphIO:
-    graph = next((v for n, v in _fields(buf, (0, len(buf))) if n == 7), None)  # ModelProto.graph
+    graph, metadata = None, {}
+    for number, value in _fields(buf, (0, len(buf))):
+        if number == 7:  # ModelProto.graph
+            graph = value
+        elif number == 14:  # ModelProto.metadata_props: StringStringEntryProto key (1), value (2)
+            metadata[_string(buf, value, 1)] = _string(buf, value, 2)
     if graph is None:
         raise ValueError("no graph")
     fields = list(_fields(buf, graph))
     initializers = {_string(buf, v, 8) for n, v in fields if n == 5}  # GraphProto.initializer, TensorProto.name
     inputs = [_tensor(buf, v) for n, v in fields if n == 11]
     outputs = [_tensor(buf, v) for n, v in fields if n == 12]
-    return GraphIO(tuple(t for t in inputs if t.name not in initializers), tuple(outputs))
+    return GraphIO(tuple(t for t in inputs if t.name not in initializers), tuple(outputs), metadata)
 
 
 def check_spec(spec: ModelSpec, graph: GraphIO, source: str, fix: str = "fix the spec with `python -m converters.annotate`") -> None:

@@ -367,7 +367,8 @@ def load_with_mode(
     data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str]:
     """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
-    data = bytes(data)  # a bytearray or memoryview too (no copy for bytes)
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)  # the fast path's header checks need bytes; decode_image checks the type
     if fast:
         reduction = _fast_reduction(data, spec)
         if reduction is not None:

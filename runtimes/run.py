@@ -172,7 +172,7 @@ def classify(
     """
     import contextlib
 
-    from runtimes.bundle import first_loadable, open_bundle
+    from runtimes.bundle import first_loadable, model_to_run
     from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
     from runtimes.preprocess import IMAGE_EXTENSIONS
 
@@ -185,12 +185,7 @@ def classify(
         raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     inputs = [read_stdin() if str(p) == STDIN else p for p in paths]  # read before the model loads
     with contextlib.ExitStack() as stack:
-        spec, providers = None, (provider or "cpu",)
-        if bundle is not None:
-            opened = stack.enter_context(open_bundle(bundle))
-            chosen = opened.model(variant)
-            model, spec = chosen.path, chosen.spec
-            providers = (provider,) if provider else opened.providers
+        model, spec, providers = model_to_run(stack, model, bundle, variant, provider)
         lenient = len(providers) > 1  # one asked for by name: a flag it does not take is a mistake
         if not lenient:
             runner_options(providers[0], **given)  # before anything loads

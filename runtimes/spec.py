@@ -90,9 +90,11 @@ class ModelSpec:
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "ModelSpec":
-        """Read the spec from an ONNX file's metadata_props."""
-        model = load_onnx(path)
-        return cls.from_metadata_map({p.key: p.value for p in model.metadata_props}, source=str(path))
+        """Read the spec from an ONNX file's metadata_props (without onnx: the weights are not parsed)."""
+        from runtimes.graph import read_graph_io  # it imports this module
+
+        path = require_model(path)
+        return cls.from_metadata_map(read_graph_io(path).metadata, source=str(path))
 
     @classmethod
     def from_metadata_map(cls, metadata: Mapping[str, str], source: str = "metadata") -> "ModelSpec":

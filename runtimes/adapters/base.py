@@ -66,9 +66,9 @@ class Runner(ABC):
                 self._load_unavailable(reason)
             self._loaded = True
             try:
-                if self._spec is None:  # read after the session: ORT runners take it from there
-                    self._spec = self._read_spec()
                 graph = read_graph_io(self.model_path)
+                if self._spec is None:
+                    self._spec = ModelSpec.from_metadata_map(graph.metadata, source=str(self.model_path))
                 check_spec(self._spec, graph, str(self.model_path))
                 self._fixed_batch = graph.fixed_batch
             except BaseException:
@@ -99,9 +99,10 @@ class Runner(ABC):
         pieces = []
         for start in range(0, len(batch), size):
             piece = batch[start : start + size]
-            padding = np.zeros((size - len(piece), *piece.shape[1:]), piece.dtype)
-            pieces.append(self._infer_impl(np.concatenate([piece, padding]))[: len(piece)])
-        return np.concatenate(pieces)
+            if len(piece) < size:  # only the last piece: pad it with zero images
+                piece = np.concatenate([piece, np.zeros((size - len(piece), *piece.shape[1:]), piece.dtype)])
+            pieces.append(self._infer_impl(piece))
+        return np.concatenate(pieces)[: len(batch)]
 
     def active_providers(self) -> list[str]:
         """What actually executes the graph, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]."""

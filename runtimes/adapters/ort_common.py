@@ -11,7 +11,6 @@ from typing import Any
 from runtimes.adapters.base import Runner
 from runtimes.adapters.native import captured_native_output
 from runtimes.errors import ProviderError, first_line
-from runtimes.spec import ModelSpec
 
 # "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
 _ORT_LOG_LINE = re.compile(r"\[([EW]):onnxruntime:[^\]]*\](.*)")
@@ -96,14 +95,7 @@ class OrtRunner(Runner):
                 failure = None
         if failure is not None:
             raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {first_line(failure)}") from None
-        return session, log[0] if log else ""
-
-    def _read_spec(self) -> ModelSpec:
-        if not self._loaded:
-            return super()._read_spec()
-        # Reuse the session's metadata: avoids importing onnx and parsing 27 MB again.
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        return ModelSpec.from_metadata_map(metadata, source=str(self.model_path))
+        return session, log[0]
 
     def _infer_impl(self, batch: Any) -> Any:
         return self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]

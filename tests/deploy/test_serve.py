@@ -134,8 +134,9 @@ def test_listens_on_loopback_only(server):
 
 def _good_request_still_answers(server, local):
     batch = seeded_batch(1)
-    np.testing.assert_allclose(grpc_infer(server.grpc)(batch), local.runner.infer(batch), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(http_infer(server.http)(batch), local.runner.infer(batch), rtol=0, atol=1e-5)
+    expected = local.runner.infer(batch)
+    np.testing.assert_allclose(grpc_infer(server.grpc)(batch), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(http_infer(server.http)(batch), expected, rtol=0, atol=1e-5)
 
 
 def _json_tensor(shape, datatype="FP32", data=None, name="input") -> bytes:

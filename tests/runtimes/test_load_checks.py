@@ -84,12 +84,13 @@ def _as_onnx_reads_it(model: onnx.ModelProto) -> GraphIO:
         return Tensor(value.name, kind.elem_type, dims if kind.HasField("shape") else None)
 
     weights = {i.name for i in model.graph.initializer}
-    return GraphIO(tuple(tensor(v) for v in model.graph.input if v.name not in weights), tuple(map(tensor, model.graph.output)))
+    return GraphIO(tuple(tensor(v) for v in model.graph.input if v.name not in weights), tuple(map(tensor, model.graph.output)),
+                   {p.key: p.value for p in model.metadata_props})
 
 
 def test_the_reader_agrees_with_onnx_on_an_export(demo_export):
     model = onnx.load(str(demo_export.path))
-    assert read_graph_io(demo_export.path) == _as_onnx_reads_it(model) != GraphIO((), ())
+    assert read_graph_io(demo_export.path) == _as_onnx_reads_it(model) != GraphIO((), (), {})
     assert read_graph_io(model.SerializeToString()) == read_graph_io(demo_export.path)
 
 
