@@ -37,6 +37,7 @@ import numpy as np
 
 from converters.errors import ExportError
 from runtimes.bundle import sha256_file
+from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL, METADATA_KEY, ModelSpec, variant_path
 
 PRECISIONS = ("int8", "fp16")
@@ -95,13 +96,14 @@ def calibration_images(
 class _Reader:
     """ONNX Runtime's calibration data reader interface: one image per get_next()."""
 
-    def __init__(self, input_name: str, inputs: np.ndarray) -> None:
-        self.input_name, self.inputs, self.next = input_name, inputs, 0
+    def __init__(self, input_name: str, inputs: np.ndarray, progress: Progress) -> None:
+        self.input_name, self.inputs, self.next, self.progress = input_name, inputs, 0, progress
 
     def get_next(self) -> dict | None:
         if self.next >= len(self.inputs):
             return None
         self.next += 1
+        self.progress.step(f"calibrating: image {self.next} of {len(self.inputs)}")
         return {self.input_name: self.inputs[self.next - 1 : self.next]}
 
     def rewind(self) -> None:
@@ -134,7 +136,8 @@ def classifier_nodes(model: "onnx.ModelProto") -> list[str]:
 
 
 def _int8(
-    model_path: Path, out: Path, spec: ModelSpec, inputs: np.ndarray, method: str, keep_fp32: Sequence[str]
+    model_path: Path, out: Path, spec: ModelSpec, inputs: np.ndarray, method: str, keep_fp32: Sequence[str],
+    progress: Progress,
 ) -> list[str]:
     """Writes the int8 model; returns the layers it kept in fp32 ("classifier" stands for
     ``classifier_nodes``)."""
@@ -147,6 +150,7 @@ def _int8(
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = Path(tmp) / "prepared.onnx"
+        progress.step("shape inference and graph clean-up before quantizing")
         quant_pre_process(str(model_path), str(prepared))
         graph = onnx.load(str(prepared))
         kept = [found for name in keep_fp32 for found in (classifier_nodes(graph) if name == "classifier" else [name])]
@@ -160,7 +164,7 @@ def _int8(
                 f"its layers are named like {', '.join(layers[:2])} ... {layers[-1]}"
             )
         quantize_static(
-            str(prepared), str(out), _Reader(spec.input_name, inputs),
+            str(prepared), str(out), _Reader(spec.input_name, inputs, progress),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=calibrate, nodes_to_exclude=kept,
@@ -215,16 +219,19 @@ def quantize(
     if precision == "int8" and len(inputs) < MIN_CALIBRATION_IMAGES:
         log.warning("calibrating on %d images; %d or more give steadier ranges", len(inputs), MIN_CALIBRATION_IMAGES)
     variant = {"parent_sha256": sha256_file(model)}
-    with tempfile.TemporaryDirectory() as tmp:
+    # int8: the clean-up, one step per calibration image, the agreement check; fp16: conversion and check
+    progress = Progress(len(inputs) + 2 if precision == "int8" else 2)
+    with tempfile.TemporaryDirectory() as tmp, progress:
         made = Path(tmp) / "variant.onnx"
         if precision == "int8":
-            kept = _int8(model, made, parent, inputs, method, keep_fp32)
+            kept = _int8(model, made, parent, inputs, method, keep_fp32, progress)
             variant.update({
                 "method": method, "images": len(inputs),
                 "file_list_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
                 "activations": "uint8", "weights": "int8 per channel", "format": "QDQ", "fp32_layers": kept,
             })
         else:
+            progress.step("converting the weights to fp16")
             _fp16(model, made)
         spec = dataclasses.replace(parent, precision=precision, variant=variant)
         result = onnx.load(str(made))
@@ -233,6 +240,7 @@ def quantize(
         del result.metadata_props[:]
         onnx.helper.set_model_props(result, props)
         onnx.save(result, str(made))
+        progress.step(f"top-1 agreement with the fp32 model on {len(inputs)} images")
         try:  # it must load and run on ONNX Runtime before it is written anywhere
             agreement = float(np.mean(_logits(made, spec, inputs).argmax(1) == _logits(model, parent, inputs).argmax(1)))
         except Exception as exc:

@@ -25,7 +25,7 @@ class TorchRunner(Runner):
     OPTIONS: dict[str, Any] = {"ckpt": None, "threads": None}
     REQUIRES = (
         "torch",
-        "PyTorch is not installed (it is the reference, not a deployment runtime): pip install 'googlenet-deploy[convert]'",
+        "PyTorch is not installed (it is the reference, not a deployment runtime): in a clone of googlenet-deploy: pip install -e '.[convert]'",
     )
 
     def _checkpoint_path(self) -> Path:

@@ -38,7 +38,7 @@ def _sdk():
             import kserve
             from kubernetes.client import V1ObjectMeta, V1ResourceRequirements
     except ImportError:
-        raise ManifestError("deploy.kserve_manifest needs kserve: pip install 'googlenet-deploy[serve]'") from None
+        raise ManifestError("deploy.kserve_manifest needs kserve: pip install -e '.[serve]' in a clone of googlenet-deploy") from None
     return kserve, V1ObjectMeta, V1ResourceRequirements
 
 

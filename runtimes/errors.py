@@ -28,6 +28,14 @@ class ProviderError(ToolkitError):
     """A runtime was asked for that is unknown or cannot run here."""
 
 
+class InferenceError(ProviderError):
+    """A runtime that loaded a model failed while running it (an unsupported kernel, say).
+
+    Raised by ``Runner.infer`` and at load, where every runner proves it can run the model
+    with one warm-up call; a server answers it as its own fault (5xx), not the client's.
+    """
+
+
 class ImageError(ToolkitError):
     """An image cannot be read or decoded."""
 

@@ -17,11 +17,13 @@ import dataclasses
 import glob
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
 from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli
 from runtimes.errors import ImageError, ProviderError
+from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
 
 STDIN = "-"  # the IMAGES argument that reads one image from stdin
@@ -83,28 +85,6 @@ def read_stdin() -> bytes:
     if sys.stdin is None or sys.stdin.isatty():
         raise ImageError(f"{STDIN} reads one image from stdin, but stdin is a terminal; pipe one in: ... {STDIN} < photo.jpg")
     return sys.stdin.buffer.read()
-
-
-class Progress:
-    """A one-line \\r progress bar on stderr for runs longer than one batch.
-
-    Only on a TTY: in logs and CI output every redraw would become a line of its own.
-    """
-
-    def __init__(self, total: int, stream: TextIO, batch_size: int) -> None:
-        self.total, self.done, self.stream = total, 0, stream
-        self.enabled = total > batch_size and stream.isatty()
-
-    def clear(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.enabled and self.done < self.total:
-            filled = 30 * self.done // self.total
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
-            self.stream.flush()
 
 
 def runner_options(provider: str, *, lenient: bool = False, **given: object) -> dict[str, object]:
@@ -213,7 +193,8 @@ def _classify_paths(classifier, paths: list[Path | bytes], topk: int, json_lines
     """
     failed = 0
     label_width = min(40, max(map(len, classifier.spec.labels)))
-    progress = Progress(len(paths), err, batch_size)
+    progress = Progress(len(paths), err, quiet_up_to=batch_size)
+    started = time.perf_counter()
     for path, prediction in zip(paths, classifier.iter_predict(paths, topk)):
         if isinstance(path, bytes):
             prediction = dataclasses.replace(prediction, image=STDIN)
@@ -223,8 +204,13 @@ def _classify_paths(classifier, paths: list[Path | bytes], topk: int, json_lines
         print(record, file=out)
         out.flush()
         progress.advance(1)
+    progress.clear()
     if failed:
         print(f"error: {failed} of {len(paths)} images could not be classified", file=err)
+    elif len(paths) > 1:
+        seconds = time.perf_counter() - started
+        print(f"classified {len(paths)} images in {seconds:.2f} s ({len(paths) / seconds:.1f} images/s, "
+              f"{', '.join(classifier.active_providers())})", file=err)
     return EXIT_FAILED if failed else 0
 
 

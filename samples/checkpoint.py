@@ -38,6 +38,7 @@ N_TRAIN = 288  # 32 per class: 100% held-out here; trial runs gave 98.9% with 18
 N_HELDOUT = 135  # 15 per class
 EPOCHS = 25
 BATCH = 32
+FORWARD_BATCH = 8  # images per forward pass of the frozen trunk
 # Fixed, so float reductions (and hence predictions) repeat exactly. One thread, because
 # the cores are often shared: measured with another process busy, 2 threads ran the
 # forward pass 4x slower than 1 (workers spin waiting for the descheduled one).
@@ -53,7 +54,7 @@ def _inputs(images: list[np.ndarray]) -> np.ndarray:
     return stack([prepare(decode_image(encode_jpeg(img)), spec) for img in images])
 
 
-def _forward_with_taps(model, x: np.ndarray, batch: int = 8) -> dict:
+def _forward_with_taps(model, x: np.ndarray, progress, what: str, batch: int = FORWARD_BATCH) -> dict:
     """Eval-mode ``model.forward`` over ``x``, also returning what the heads read.
 
     Forward hooks capture the 4a and 4d outputs (aux inputs, N x 512/528 x 14 x 14)
@@ -72,14 +73,17 @@ def _forward_with_taps(model, x: np.ndarray, batch: int = 8) -> dict:
     try:
         with torch.no_grad():  # not inference_mode: the cached tensors feed training later
             for start in range(0, len(x), batch):
-                taps["logits"].append(model(torch.from_numpy(x[start : start + batch])))
+                progress.step(f"{what}: images {start + 1}-{min(start + batch, len(x))} of {len(x)}")
+                # channels-last: torch's NCHW max-pool is unvectorised; this ran 1.6x faster (1 thread, Xeon)
+                chunk = torch.from_numpy(x[start : start + batch]).contiguous(memory_format=torch.channels_last)
+                taps["logits"].append(model(chunk))
     finally:
         for hook in hooks:
             hook.remove()
     return {k: torch.cat(v) for k, v in taps.items()}
 
 
-def _train_heads(model, cache: dict, labels, epochs: int = EPOCHS):
+def _train_heads(model, cache: dict, labels, progress, epochs: int = EPOCHS):
     """Train fc and both aux heads on cached features under the 0.3-discounted loss; returns the optimizer."""
     import torch
 
@@ -102,14 +106,16 @@ def _train_heads(model, cache: dict, labels, epochs: int = EPOCHS):
         [
             {"params": probe.parameters(), "lr": 1e-2, "weight_decay": 2e-3},
             {"params": [*model.aux1.parameters(), *model.aux2.parameters()], "lr": 1e-3},
-        ]
+        ],
+        fused=True,  # one kernel for all parameters: 5x faster a step than the default on CPU
     )
     steps = epochs * -(-len(y) // BATCH)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[1e-2, 3e-3], total_steps=steps, pct_start=0.2)
     order = torch.Generator().manual_seed(TRAIN_SEED)
     model.aux1.train()
     model.aux2.train()  # their 70% dropout is part of the paper's training
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        progress.step(f"training fc and the aux heads: epoch {epoch + 1} of {epochs}")
         perm = torch.randperm(len(y), generator=order)
         for start in range(0, len(y), BATCH):
             idx = perm[start : start + BATCH]
@@ -141,27 +147,32 @@ def build_checkpoint(path: str | Path = DEFAULT_CKPT) -> dict:
 
     from converters.googlenet import GoogLeNet
     from runtimes.atomic import write_bytes
+    from runtimes.progress import Progress
 
     start = time.perf_counter()
+    forwards = -(-N_TRAIN // FORWARD_BATCH) + -(-N_HELDOUT // FORWARD_BATCH)
+    progress = Progress(forwards + EPOCHS)
     threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:
         with torch.random.fork_rng():  # leave the caller's global RNG as it was
             torch.manual_seed(MODEL_SEED)
-            model = GoogLeNet("paper", num_classes=len(CLASSES), aux_logits=True)
+            model = GoogLeNet("paper", num_classes=len(CLASSES), aux_logits=True).to(memory_format=torch.channels_last)
             train_images, train_labels = generate(N_TRAIN, TRAIN_SEED)
-            cache = _forward_with_taps(model, _inputs(train_images))
+            cache = _forward_with_taps(model, _inputs(train_images), progress, "features of the training images")
             del train_images
-            optimizer = _train_heads(model, cache, train_labels)
+            optimizer = _train_heads(model, cache, train_labels, progress)
             del cache
 
             heldout_images, heldout_labels = generate(N_HELDOUT, HELDOUT_SEED)
-            heldout = _forward_with_taps(model, _inputs(heldout_images))
+            heldout = _forward_with_taps(model, _inputs(heldout_images), progress, "held-out accuracy")
             with torch.inference_mode():
                 aux1 = model.aux1(heldout["aux1_in"])
                 aux2 = model.aux2(heldout["aux2_in"])
     finally:
+        progress.clear()
         torch.set_num_threads(threads)
+    model.to(memory_format=torch.contiguous_format)  # saved as every other checkpoint is
 
     metrics = {
         "heldout_top1": _accuracy(heldout["logits"], heldout_labels),
@@ -206,6 +217,8 @@ def main(argv=None) -> int:
     if args.out.is_file() and not args.force:
         print(f"{args.out} exists; pass --force to rebuild it")
         return 0
+    print(f"building {args.out}: {N_TRAIN} training images through GoogLeNet, then {EPOCHS} epochs of its heads "
+          "(about a minute on 2 idle cores)", flush=True)
     metrics = build_checkpoint(args.out)
     print(
         f"built {args.out} in {metrics['build_s']:.1f} s; held-out top-1 on {metrics['n_heldout']} images: "

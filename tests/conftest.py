@@ -69,6 +69,15 @@ def demo_int8(tmp_path_factory, demo_export):
 
 
 @pytest.fixture(scope="session")
+def demo_fp16(demo_export) -> Path:
+    """The demo model's fp16 variant, beside it as <stem>.fp16.onnx (where deploy.bundle looks for variants)."""
+    from runtimes.spec import variant_path
+    from tests.helpers import save_fp16_variant
+
+    return save_fp16_variant(demo_export.path, variant_path(demo_export.path, "fp16"))
+
+
+@pytest.fixture(scope="session")
 def fresh_images(tmp_path_factory) -> Path:
     """An ImageFolder of 90 fresh demo images (10 per class), for accuracy."""
     from samples.generate import write_dataset

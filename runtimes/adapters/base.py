@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtimes.errors import ProviderError
+from runtimes.errors import InferenceError, ProviderError, ToolkitError, first_line
 from runtimes.graph import check_spec, read_graph_io
 from runtimes.spec import ModelSpec, require_model
 
@@ -53,9 +53,13 @@ class Runner(ABC):
     def load(self) -> "Runner":
         """Build the runtime's session, read the spec and check it against the graph; idempotent.
 
-        Raises ProviderError if the runtime cannot run here or cannot load the file, and
-        ModelSpecError if the model lacks this toolkit's metadata or its spec does not
-        fit the graph (input and output names, input shape, number of classes).
+        Raises ProviderError if the runtime cannot run here or cannot load the file,
+        InferenceError if it loads the file but cannot run it (one warm-up call on a
+        black image proves that here, not at the first real image: some
+        runtimes import a graph they then fail to execute, as OpenCV 5.1 does an fp16
+        model on CPUs with AVX512-FP16), and ModelSpecError if the model lacks this
+        toolkit's metadata or its spec does not fit the graph (input and output names,
+        input shape, number of classes).
         """
         if not self._loaded:
             require_model(self.model_path)
@@ -71,6 +75,7 @@ class Runner(ABC):
                     self._spec = ModelSpec.from_metadata_map(graph.metadata, source=str(self.model_path))
                 check_spec(self._spec, graph, str(self.model_path))
                 self._fixed_batch = graph.fixed_batch
+                self._warm_up()
             except BaseException:
                 self.close()
                 raise
@@ -85,12 +90,35 @@ class Runner(ABC):
         if dtype != "float32" or len(shape) != 4 or shape[1:] != (3, size, size) or shape[0] < 1:
             raise ValueError(f"expected a float32 N x 3 x {size} x {size} batch, got {dtype} {shape}")
         fixed = self._fixed_batch
-        logits = self._infer_impl(batch) if fixed in (None, len(batch)) else self._infer_in_pieces(batch, fixed)
+        logits = self._run(batch) if fixed in (None, len(batch)) else self._infer_in_pieces(batch, fixed)
         if logits.shape != (len(batch), self.spec.num_classes):
             raise ProviderError(
                 f"{self.name} returned logits of shape {logits.shape}, expected {(len(batch), self.spec.num_classes)}"
             )
         return logits
+
+    def _warm_up(self) -> None:
+        """Run one batch of black images (the graph's fixed batch size, else 1): the runtime must run it, finitely."""
+        import numpy as np
+
+        size = self.spec.crop_size
+        logits = self.infer(np.zeros((self._fixed_batch or 1, 3, size, size), np.float32))
+        if not np.isfinite(logits).all():
+            raise InferenceError(
+                f"{self.name}: {self.model_path} gives non-finite outputs (NaN or Inf) for a black image; "
+                "this runtime cannot run this model (try another provider or precision)"
+            )
+
+    def _run(self, batch: "np.ndarray") -> "np.ndarray":
+        """``_infer_impl`` with whatever the runtime raises turned into one InferenceError line."""
+        try:
+            return self._infer_impl(batch)
+        except ToolkitError:
+            raise
+        except Exception as exc:  # cv2.error, ORT's Fail, OpenVINO's RuntimeError, ...
+            raise InferenceError(
+                f"{self.name}: cannot run {self.model_path}: {' '.join(first_line(exc).split())}"
+            ) from None
 
     def _infer_in_pieces(self, batch: "np.ndarray", size: int) -> "np.ndarray":
         """For a graph whose batch size is fixed: pieces of ``size`` images, the last one zero-padded."""
@@ -101,7 +129,7 @@ class Runner(ABC):
             piece = batch[start : start + size]
             if len(piece) < size:  # only the last piece: pad it with zero images
                 piece = np.concatenate([piece, np.zeros((size - len(piece), *piece.shape[1:]), piece.dtype)])
-            pieces.append(self._infer_impl(piece))
+            pieces.append(self._run(piece))
         return np.concatenate(pieces)[: len(batch)]
 
     def active_providers(self) -> list[str]:

@@ -74,5 +74,5 @@ class CudaRunner(OrtRunner):
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.spec.input_name, batch)
         binding.bind_output(self.spec.output_name, "cpu")
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self._run_options)
         return binding.copy_outputs_to_cpu()[0]

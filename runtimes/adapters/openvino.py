@@ -32,7 +32,7 @@ class OpenvinoRunner(Runner):
     name = "openvino"
     OPTIONS: dict[str, Any] = {"threads": None, "device": "CPU", "precision": "f32"}
     PRECISIONS = ("f32", "bf16", "f16")
-    REQUIRES = ("openvino", "openvino is not installed: pip install 'googlenet-deploy[openvino]'")
+    REQUIRES = ("openvino", "openvino is not installed: pip install 'openvino>=2024.4'")
 
     def _load_impl(self) -> None:
         import openvino as ov

@@ -15,6 +15,7 @@ from runtimes.errors import ProviderError, first_line
 # "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
 _ORT_LOG_LINE = re.compile(r"\[([EW]):onnxruntime:[^\]]*\](.*)")
 _ORT_LOG_ERROR = 3  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+_ORT_LOG_FATAL = 4
 
 
 def physical_cores() -> int:
@@ -95,10 +96,14 @@ class OrtRunner(Runner):
                 failure = None
         if failure is not None:
             raise ProviderError(f"{self.name}: ONNX Runtime cannot load {self.model_path}: {first_line(failure)}") from None
+        # A failing run raises, and Runner.infer turns that into one line: ORT's own
+        # coloured log line of the same failure would only repeat it.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = _ORT_LOG_FATAL
         return session, log[0]
 
     def _infer_impl(self, batch: Any) -> Any:
-        return self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
+        return self.session.run([self.spec.output_name], {self.spec.input_name: batch}, self._run_options)[0]
 
     def _active_providers_impl(self) -> list[str]:
         return list(self.session.get_providers())

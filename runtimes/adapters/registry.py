@@ -48,7 +48,7 @@ def unavailable_reason(name: str) -> str | None:
 def _missing_package(name: str) -> str | None:
     package = RUNNERS[name].partition(".")[0]
     if importlib.util.find_spec(package) is None:
-        return f"its package {package} is not installed: a bundle carries only runtimes (pip install 'googlenet-deploy[convert]')"
+        return f"its package {package} is not installed: a bundle carries only runtimes (in a clone of googlenet-deploy: pip install -e '.[convert]')"
     return None
 
 

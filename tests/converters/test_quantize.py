@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -155,12 +156,23 @@ def test_quantize_runs_without_torch(demo_export, tmp_path):
     assert (tmp_path / "half.onnx").is_file()
 
 
-def test_a_runtime_that_cannot_load_a_variant_says_so_in_one_line(demo_export, tmp_path):
-    half = quantize(demo_export.path, "fp16", calib_count=8, out=tmp_path / "half.onnx").path
+def test_opencv_runs_the_fp16_variant_right_or_says_in_one_line_why_not(demo_export, demo_fp16):
+    """OpenCV DNN and the fp16 variant part differently per CPU and version: 5.1 refuses the
+    file at import on AMD Zen 4, imports it and fails at the first inference on an Intel Xeon
+    with AVX512-FP16. Wherever it fails, that is one line and exit 2 at load (the warm-up);
+    wherever it runs, it gives the fp32 model's label."""
     image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
-    proc = subprocess.run(
-        [sys.executable, "-m", "runtimes.run", "--provider", "opencv", "--model", str(half), str(image)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith("error: opencv: cv2.dnn cannot import") and proc.stderr.count("\n") == 1
+    runs = {}
+    for provider, model in (("cpu", demo_export.path), ("opencv", demo_fp16)):
+        runs[provider] = subprocess.run(
+            [sys.executable, "-m", "runtimes.run", "--provider", provider, "--model", str(model), "--json", "--topk", "1",
+             str(image)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+    assert runs["cpu"].returncode == 0, runs["cpu"].stderr
+    proc = runs["opencv"]
+    if proc.returncode == 0:
+        assert json.loads(proc.stdout)["topk"][0]["label"] == json.loads(runs["cpu"].stdout)["topk"][0]["label"]
+    else:
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert proc.stderr.startswith("error: opencv: ") and proc.stderr.count("\n") == 1, proc.stderr

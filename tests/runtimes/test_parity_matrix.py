@@ -93,13 +93,6 @@ def test_torch_reference_runner_agrees_with_onnx_runtime_and_knows_the_samples(d
             assert [demo_export.spec.labels[i] for i in logits.argmax(axis=1)] == labels[:n]
 
 
-@pytest.fixture(scope="module")
-def demo_fp16(demo_export):
-    from tests.helpers import save_fp16_variant
-
-    return save_fp16_variant(demo_export.path, demo_export.path.with_name("demo.fp16.onnx"))
-
-
 @pytest.mark.parametrize("provider", [provider_param("cpu"), provider_param("openvino")])
 @pytest.mark.parametrize("variant", ["fp16", "int8"])
 def test_variant_files_match_pytorch_within_their_precision(variant, provider, request, jpeg_batch, reference_logits):
