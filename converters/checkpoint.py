@@ -39,6 +39,10 @@ class LoadedCheckpoint:
     aux_keys_stripped: int
     aux_params_stripped: int
     wrapper: str  # e.g. "model", "state_dict > module." or "raw"
+    # Class names saved beside the weights ("classes", "class_names", "labels", or an
+    # ImageFolder "class_to_idx"), with the key they came from; () and "" when there are none.
+    classes: tuple[str, ...] = ()
+    classes_key: str = ""
 
 
 def _read(path: Path, data: bytes) -> object:
@@ -66,6 +70,33 @@ def _read(path: Path, data: bytes) -> object:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first_line(exc)}); re-save or re-download it"
         ) from None
+
+
+CLASS_KEYS = ("classes", "class_names", "labels", "class_to_idx")
+
+
+def _classes(obj: object, path: Path) -> tuple[tuple[str, ...], str]:
+    """The class names a training script saved at the checkpoint's top level, and their key.
+
+    A list of strings, or a name -> index dict (torchvision's ImageFolder.class_to_idx)
+    that numbers the classes 0..N-1; anything else under those keys is not class names.
+    """
+    if not isinstance(obj, dict):
+        return (), ""
+    for key in CLASS_KEYS:
+        value = obj.get(key)
+        if value is None or _is_state_dict(value):
+            continue
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(i, int) for k, i in value.items()):
+            if sorted(value.values()) != list(range(len(value))):
+                raise CheckpointError(f"{path}: {key!r} does not number its classes 0..{len(value) - 1}")
+            names = tuple(sorted(value, key=value.__getitem__))
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(n, str) for n in value):
+            names = tuple(value)
+        else:
+            continue
+        return names, key
+    return (), ""
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -147,20 +178,25 @@ def load_checkpoint(path: str | Path, layout: str | None = None) -> LoadedCheckp
         data = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    state_dict, wrapper = _unwrap(_read(path, data), path)
+    top = _read(path, data)
+    state_dict, wrapper = _unwrap(top, path)
     layout = layout or detect_layout(state_dict)
     aux = {k: v for k, v in state_dict.items() if k.startswith(AUX_PREFIXES)}
     main = {k: v for k, v in state_dict.items() if k not in aux}
     aux_params = sum(v.numel() for k, v in aux.items() if not k.endswith(_BUFFER_SUFFIXES))
+    num_classes = _num_classes(main, path)
+    classes, classes_key = _classes(top, path)
     return LoadedCheckpoint(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
         layout=layout,
-        num_classes=_num_classes(main, path),
+        num_classes=num_classes,
         state_dict=main,
         aux_keys_stripped=len(aux),
         aux_params_stripped=aux_params,
         wrapper=wrapper,
+        classes=classes,
+        classes_key=classes_key,
     )
 
 

@@ -86,6 +86,22 @@ def read_labels(labels: str | Path | None, num_classes: int | None) -> tuple[str
     return tuple(names)
 
 
+def _labels(labels: str | Path | None, ckpt) -> tuple[tuple[str, ...], str]:
+    """The model's labels and where they came from: --labels, else the checkpoint's own class names, else the default."""
+    if labels is not None:
+        return read_labels(labels, ckpt.num_classes), Path(labels).name
+    if ckpt.classes:
+        if len(ckpt.classes) != ckpt.num_classes:
+            raise ExportError(
+                f"{ckpt.path.name}: its {ckpt.classes_key!r} names {len(ckpt.classes)} classes but fc has "
+                f"{ckpt.num_classes}; give the right names with --labels FILE"
+            )
+        return ckpt.classes, f"the checkpoint's {ckpt.classes_key!r}"
+    if ckpt.num_classes == 1000:
+        return read_labels(None, 1000), "ImageNet (no --labels, none in the checkpoint)"
+    return read_labels(None, ckpt.num_classes), "class_0..N-1 (no --labels, none in the checkpoint)"
+
+
 def _check_destination(out: Path) -> None:
     """Fail before the minutes of work if the model could not be written anyway."""
     if out.is_dir():
@@ -269,7 +285,7 @@ def export(
     if transform_input is None:
         transform_input = ckpt.layout == "torchvision"
     model = build_model(ckpt, transform_input=transform_input)
-    names = read_labels(labels, ckpt.num_classes)
+    names, labels_from = _labels(labels, ckpt)
     spec = ModelSpec(
         labels=names,
         layout=ckpt.layout,
@@ -348,6 +364,7 @@ def export(
         "model": out.name,
         "checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256, "wrapper": ckpt.wrapper, "layout": ckpt.layout},
         "num_classes": ckpt.num_classes,
+        "labels_from": labels_from,
         "transform_input": transform_input,
         "aux_stripped": {"keys": ckpt.aux_keys_stripped, "parameters": ckpt.aux_params_stripped},
         "parameters": {"torch": count_parameters(model), "onnx_initializers": _count_params(onnx_model)},
@@ -379,7 +396,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--ckpt", required=True, help="training checkpoint (.pth/.pt/.safetensors)")
     parser.add_argument("--out", default=str(DEFAULT_MODEL), help="output model (default: %(default)s)")
-    parser.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000 classes)")
+    parser.add_argument(
+        "--labels",
+        help="class names, one per line (default: the checkpoint's own 'classes', 'class_names', 'labels' or "
+        "'class_to_idx', else ImageNet's for 1000 classes)",
+    )
     parser.add_argument("--layout", help="override layout detection: paper or torchvision")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     parser.add_argument(
@@ -412,7 +433,7 @@ def main(argv=None) -> int:
     worst = max(s["max_abs"] for s in r["parity"])
     print(
         f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB, {r['checkpoint']['layout']} layout, "
-        f"{r['num_classes']} classes, aux stripped: {r['aux_stripped']['parameters']:,} params)\n"
+        f"{r['num_classes']} classes, labels from {r['labels_from']}, aux stripped: {r['aux_stripped']['parameters']:,} params)\n"
         f"nodes {r['nodes']['exported']} -> {r['nodes']['simplified']} ({r['provenance']['simplifier']}) "
         f"-> {r['nodes']['final']} (lrn: {r['provenance']['lrn']}), "
         f"parity max |d| {worst:.2e} at batches {[s['batch'] for s in r['parity']]}, "

@@ -9,6 +9,10 @@ writes::
     REPO/googlenet/1/model.onnx   the model, unchanged
     REPO/googlenet/labels.txt     one label per line, for the output's label_filename
 
+A graph whose batch size is fixed (the ONNX Model Zoo's GoogLeNet takes 1 x 3 x 224 x 224)
+cannot be batched by Triton: its config gets ``max_batch_size: 0``, the full input shape
+and no dynamic batching, as Triton requires for such a model.
+
 The config is built as Triton's own ``ModelConfig`` protobuf (from ``tritonclient``) and
 printed in protobuf text format, so a field Triton does not know cannot slip in. The
 TensorRT accelerator's parameters are not checked by the protobuf; their names are the
@@ -31,24 +35,34 @@ from runtimes.spec import DEFAULT_MODEL, ModelSpec
 QUEUE_DELAY_US = 500  # how long Triton may hold a request to batch it with others
 TRT_WORKSPACE_BYTES = 1 << 30
 TRT_CACHE = "/tmp/triton-trt-cache"
+DEFAULT_MAX_BATCH = 32
 
 
 def _model_config_pb2():
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise BundleError("deploy.triton needs tritonclient: pip install 'googlenet-deploy[serve]'") from None
+        raise BundleError("deploy.triton needs tritonclient: pip install -e '.[serve]' in a clone of googlenet-deploy") from None
     return model_config_pb2
 
 
-def model_config(spec: ModelSpec, *, name: str, max_batch: int, instances: int, gpu: bool, tensorrt_fp16: bool):
-    """Triton's ``ModelConfig`` for ``spec``'s model (dims exclude the batch axis)."""
+def model_config(spec: ModelSpec, *, name: str, max_batch: int, instances: int, gpu: bool, tensorrt_fp16: bool,
+                 fixed_batch: int | None = None):
+    """Triton's ``ModelConfig`` for ``spec``'s model.
+
+    With a free batch axis, dims exclude it and Triton batches up to ``max_batch``; a
+    graph fixed at ``fixed_batch`` gets max_batch_size 0 and dims that include it.
+    """
     pb = _model_config_pb2()
-    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=max_batch)
-    config.input.add(name=spec.input_name, data_type=pb.TYPE_FP32, dims=[3, spec.crop_size, spec.crop_size])
-    config.output.add(name=spec.output_name, data_type=pb.TYPE_FP32, dims=[spec.num_classes], label_filename="labels.txt")
-    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
-    config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in (4, 8, max_batch) if b <= max_batch}))
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=0 if fixed_batch else max_batch)
+    batch_dims = [fixed_batch] if fixed_batch else []
+    image_dims = [*batch_dims, 3, spec.crop_size, spec.crop_size]
+    config.input.add(name=spec.input_name, data_type=pb.TYPE_FP32, dims=image_dims)
+    config.output.add(name=spec.output_name, data_type=pb.TYPE_FP32, dims=[*batch_dims, spec.num_classes],
+                      label_filename="labels.txt")
+    if not fixed_batch:
+        config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+        config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in (4, 8, max_batch) if b <= max_batch}))
     kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=instances, kind=kind)
     if tensorrt_fp16:
@@ -61,7 +75,7 @@ def model_config(spec: ModelSpec, *, name: str, max_batch: int, instances: int, 
         })
     warmup = config.model_warmup.add(name="zeros", batch_size=1)
     warmup.inputs[spec.input_name].data_type = pb.TYPE_FP32
-    warmup.inputs[spec.input_name].dims.extend([3, spec.crop_size, spec.crop_size])
+    warmup.inputs[spec.input_name].dims.extend(image_dims)
     warmup.inputs[spec.input_name].zero_data = True
     return config
 
@@ -71,21 +85,34 @@ def write_repository(
     out: str | Path = "artifacts/triton",
     *,
     name: str = "googlenet",
-    max_batch: int = 32,
+    max_batch: int | None = None,
     instances: int = 1,
     gpu: bool = False,
     tensorrt_fp16: bool = False,
 ) -> Path:
-    """Write (or replace) ``out/name``; returns that folder."""
+    """Write (or replace) ``out/name``; returns that folder.
+
+    ``max_batch`` defaults to 32 for a graph with a free batch axis; a graph fixed at one
+    batch size takes none.
+    """
     from google.protobuf import text_format
+
+    from runtimes.graph import read_graph_io
 
     model, out = Path(model), Path(out)
     if tensorrt_fp16 and not gpu:
         raise BundleError("--tensorrt-fp16 needs --gpu: TensorRT runs on GPU instances only")
-    if max_batch < 1 or instances < 1:
+    if (max_batch is not None and max_batch < 1) or instances < 1:
         raise BundleError(f"--max-batch and --instances must be at least 1, got {max_batch} and {instances}")
     spec = ModelSpec.from_onnx(model)
-    config = model_config(spec, name=name, max_batch=max_batch, instances=instances, gpu=gpu, tensorrt_fp16=tensorrt_fp16)
+    fixed = read_graph_io(model).fixed_batch
+    if fixed and max_batch is not None:
+        raise BundleError(
+            f"{model.name} is fixed at batch {fixed}, so Triton cannot batch it: drop --max-batch "
+            "(the config gets max_batch_size 0), or export the model with a free batch axis"
+        )
+    config = model_config(spec, name=name, max_batch=max_batch or DEFAULT_MAX_BATCH, instances=instances, gpu=gpu,
+                          tensorrt_fp16=tensorrt_fp16, fixed_batch=fixed)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
     try:
@@ -107,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the exported model (default: {DEFAULT_MODEL})")
     parser.add_argument("--out", type=Path, required=True, help="the model repository folder")
     parser.add_argument("--name", default="googlenet", help="the model's name in the repository (default: googlenet)")
-    parser.add_argument("--max-batch", type=positive_int, default=32, help="max_batch_size (default: 32)")
+    parser.add_argument("--max-batch", type=positive_int,
+                        help=f"max_batch_size (default: {DEFAULT_MAX_BATCH}; none for a graph fixed at one batch size)")
     parser.add_argument("--instances", type=positive_int, default=1, help="instances per device (default: 1)")
     parser.add_argument("--gpu", action="store_true", help="GPU instances (default: CPU)")
     parser.add_argument("--tensorrt-fp16", action="store_true", help="with --gpu: ONNX Runtime's TensorRT accelerator in fp16, engines cached")

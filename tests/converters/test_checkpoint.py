@@ -148,3 +148,26 @@ def test_nan_weights_are_refused(tmp_path, states):
     torch.save(sd, tmp_path / "nan.pth")
     with pytest.raises(CheckpointError, match="NaN"):
         build_model(load_checkpoint(tmp_path / "nan.pth"))
+
+
+@pytest.mark.parametrize("saved, expected", [
+    ({"classes": ["cat", "dog", "eel"]}, ("cat", "dog", "eel")),
+    ({"class_to_idx": {"eel": 2, "cat": 0, "dog": 1}}, ("cat", "dog", "eel")),  # ImageFolder's, in index order
+    ({"labels": torch.zeros(3)}, ()),  # a tensor of targets is not class names
+    ({}, ()),
+])
+def test_class_names_saved_with_the_weights_are_found(tmp_path, saved, expected):
+    torch.manual_seed(0)
+    torch.save({"model": GoogLeNet("paper", num_classes=3).state_dict(), **saved}, tmp_path / "c.pth")
+    assert load_checkpoint(tmp_path / "c.pth").classes == expected
+
+
+def test_class_names_that_do_not_fit_fc_are_refused_by_export(tmp_path):
+    from converters.errors import ExportError
+    from converters.export import export
+
+    torch.manual_seed(0)
+    torch.save({"model": GoogLeNet("paper", num_classes=3).state_dict(), "classes": ["cat", "dog"]}, tmp_path / "c.pth")
+    with pytest.raises(ExportError, match="its 'classes' names 2 classes but fc has 3; give the right names with --labels"):
+        export(tmp_path / "c.pth", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -292,16 +292,18 @@ def test_torch_reference_finds_the_checkpoint_beside_the_model_by_name(tmp_path,
         create_runner("torch", tmp_path / "m.onnx").load()
 
 
-def test_verify_images_are_the_users_own(tmp_path, demo_ckpt):
+def test_verify_images_are_the_users_own_and_labels_come_from_the_checkpoint(tmp_path, demo_ckpt):
+    """No --labels: the demo checkpoint's own "classes" list names the classes (it was class_0..8)."""
     from runtimes.reference import Reference
-    from samples.generate import IMAGES_DIR, LABELS_FILE
+    from samples.generate import CLASSES, IMAGES_DIR
 
     mine = tmp_path / "mine"
     (mine / "sub").mkdir(parents=True)
     samples = sorted(IMAGES_DIR.glob("*.jpg"))
     shutil.copyfile(samples[0], mine / "b.jpg")
     shutil.copyfile(samples[-1], mine / "sub" / "a.jpg")
-    result = export(demo_ckpt, tmp_path / "m.onnx", labels=LABELS_FILE, verify_images=mine)
+    result = export(demo_ckpt, tmp_path / "m.onnx", verify_images=mine)
+    assert result.spec.labels == CLASSES and result.report["labels_from"] == "the checkpoint's 'classes'"
     ref = Reference.load(result.reference_path)
     assert ref.image_names == ("b.jpg", "sub/a.jpg") and ref.images == (samples[0].read_bytes(), samples[-1].read_bytes())
     assert [result.spec.labels[i] for i in ref.image_logits.argmax(axis=1)] == ["blue_checker", "red_vstripes"]

@@ -63,3 +63,23 @@ def test_tensorrt_without_gpu_is_one_line(demo_export, tmp_path):
     )
     assert proc.returncode == 2 and proc.stderr == "error: --tensorrt-fp16 needs --gpu: TensorRT runs on GPU instances only\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_fixed_at_batch_1_is_not_batched_by_triton(demo_export, tmp_path):
+    """Triton refuses max_batch_size > 0 for a model without a free batch axis (the Model Zoo case)."""
+    model = onnx.load(str(demo_export.path))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    config = _parse(write_repository(tmp_path / "fixed.onnx", tmp_path / "repo") / "config.pbtxt")
+    (inp,), (out,) = config.input, config.output
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert list(inp.dims) == [1, 3, 224, 224] and list(out.dims) == [1, len(demo_export.spec.labels)]
+    assert list(config.model_warmup[0].inputs[inp.name].dims) == [1, 3, 224, 224]
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.triton", "--model", str(tmp_path / "fixed.onnx"), "--out", str(tmp_path / "r2"),
+         "--max-batch", "8"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: fixed.onnx is fixed at batch 1, so Triton cannot batch it")
+    assert not (tmp_path / "r2").exists()
