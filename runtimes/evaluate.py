@@ -7,21 +7,23 @@ DATA holds one subfolder per class, named as the model's labels (the ImageFolder
 convention). Preprocessing is exact. With ``--reference`` the same images also run
 through M2 (the fp32 model, say), and top-1 agreement and the accuracy drop are
 reported; ``--max-top1-drop`` makes a drop beyond that many points exit 1. Unreadable
-images are counted and listed, never fatal.
+images are counted and listed, not fatal, unless no image at all can be read: there is
+then no accuracy to report, which is a mistake in DATA (one ``error:`` line, exit 2, as
+for a DATA with no images).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtimes.cli import EXIT_FAILED, add_max_pixels, positive_int, run_cli
 from runtimes.errors import ImageError, ModelSpecError
-from runtimes.run import Progress
+from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
 
 
@@ -87,6 +89,18 @@ def evaluate(classifier, files: list[tuple[Path, int]], progress: Progress | Non
     return result
 
 
+def points(text: str) -> float:
+    """argparse type for --max-top1-drop: a finite number of percentage points, 0 or more.
+
+    float() also takes "nan", and every comparison with NaN is false, so the gate would pass
+    any drop; "inf" would too, and a negative limit fails a model that gained accuracy.
+    """
+    value = float(text)  # argparse turns a ValueError into "invalid points value"
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of points, 0 or more, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtimes.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, metavar="DATA", help="a folder with one subfolder of images per class")
@@ -94,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", default="cpu", help="runtime (default: cpu)")
     parser.add_argument("--precision", choices=("f32", "bf16", "f16"), help="openvino: inference precision")
     parser.add_argument("--reference", type=Path, help="a second model (e.g. the fp32 one) to compare with, on cpu")
-    parser.add_argument("--max-top1-drop", type=float, metavar="POINTS", help="exit 1 if top-1 drops more than this against --reference")
+    parser.add_argument("--max-top1-drop", type=points, metavar="POINTS", help="exit 1 if top-1 drops more than this against --reference")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_max_pixels(parser)
@@ -111,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         files = labelled_files(args.data, clf.spec.labels)
         if not files:
             raise ImageError(f"{args.data}: no images in its class folders")
-        progress = Progress(len(files) * (2 if args.reference else 1), sys.stderr, args.batch_size)
+        progress = Progress(len(files) * (2 if args.reference else 1), quiet_up_to=args.batch_size)
         result = evaluate(clf, files, progress)
+        if not result.images:  # no accuracy, and a drop of 0 points would pass the gate
+            progress.clear()
+            raise ImageError(
+                f"{args.data}: none of the {len(files)} images in its class folders could be read; "
+                f"the first: {result.unreadable[0]}"
+            )
         precision = options.get("precision") or clf.spec.precision
     report = {"model": str(args.model), "provider": args.provider, "precision": precision, "images": result.images,
               "top1": result.top1, "top5": result.top5, "per_class": result.per_class,

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import functools
 import glob
+import io
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +55,9 @@ EXACT, FAST = "exact", "fast"  # the preprocessing an image went through
 # channels (we always decode to color) x 1 or 2 bytes a sample. The limit is MAX_PIXELS
 # 8-bit RGB pixels' worth (384 MiB); a 16-bit image counts twice, so a 3 MB 16-bit PNG
 # of 100 MP (600 MB decoded, 2.9 GB peak before this guard) is refused in microseconds.
+# Where our header reader cannot size a file, Pillow's (which does not decode) does; a file
+# neither can size is refused, never decoded to find out: one junk byte before a JPEG's
+# frame header used to let a 2 MB, 144 MP JPEG decode to 874 MB peak before it was refused.
 # 2**27 (134 MP) is above any common camera sensor.
 MAX_PIXELS = 1 << 27
 
@@ -84,7 +89,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int | None =
 
     Refuses an image that would decode to more than ``max_pixels`` (default: MAX_PIXELS)
     8-bit RGB pixels' worth of memory (a 16-bit image counts twice), from its header,
-    before decoding it.
+    before decoding it, and one whose size no header reader finds.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(
@@ -105,7 +110,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int | None =
             f"{name}: cannot decode these {len(data)} bytes as {_sniff_format(data)}: the file is corrupt or "
             f"incomplete, or OpenCV {cv2.__version__} cannot read this kind; re-download it or re-save it as JPEG or PNG"
         )
-    _check_size(name, img.shape[1], img.shape[0], img.dtype.itemsize, max_pixels)  # a header we could not parse
+    _check_size(name, img.shape[1], img.shape[0], img.dtype.itemsize, max_pixels, decoded=True)
     img = _to_uint8(img, name)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
@@ -129,8 +134,15 @@ def _to_uint8(img: np.ndarray, name: str) -> np.ndarray:
     )
 
 
-def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixels: int | None) -> None:
-    """Refuse an image whose decoded (H, W, 3) array would take more than ``max_pixels`` 8-bit RGB pixels."""
+def _check_size(
+    name: str, width: int, height: int, sample_bytes: int, max_pixels: int | None, *, decoded: bool = False
+) -> None:
+    """Refuse an image whose decoded (H, W, 3) array would take more than ``max_pixels`` 8-bit RGB pixels.
+
+    Checked from the header, before decoding, and again on the decoded array (``decoded``):
+    a header can claim less than the data holds, and Pillow, which sizes what our own
+    header reader cannot, opens 16-bit RGB as 8-bit. The second message says which it was.
+    """
     max_pixels = max_pixels or MAX_PIXELS
     pixels = width * height
     if pixels * sample_bytes <= max_pixels:
@@ -141,14 +153,15 @@ def _check_size(name: str, width: int, height: int, sample_bytes: int, max_pixel
             f" of {8 * sample_bytes} bits ({3 * sample_bytes * pixels:,} bytes decoded, "
             f"as much as {sample_bytes * pixels:,} 8-bit pixels)"
         )
+    found = f"decoded to {size}, more than its header said, and past" if decoded else f"image is {size}, over"
     raise ImageError(
-        f"{name}: image is {size}, over the {max_pixels:,}-pixel limit that guards against decompression bombs; "
+        f"{name}: {found} the {max_pixels:,}-pixel limit that guards against decompression bombs; "
         "downscale it first or pass a larger max_pixels (--max-pixels on the command line)"
     )
 
 
 def _check_header(data: bytes, name: str, max_pixels: int | None) -> None:
-    """Refuse unknown formats and empty, huge or truncated images before OpenCV allocates anything."""
+    """Refuse unknown formats, and images of unknown size, empty, huge or truncated, before OpenCV allocates anything."""
     kind = _sniff_format(data)
     if kind is None:
         # Only formats whose header we can size are passed on: OpenCV also reads PxM, HDR,
@@ -161,12 +174,20 @@ def _check_header(data: bytes, name: str, max_pixels: int | None) -> None:
     try:
         shape = _header_shape(data, kind)
     except (struct.error, IndexError):
-        shape = None  # header too short to parse: the decoder will say it is invalid
-    if shape is not None:
-        width, height, bits = shape
-        if width == 0 or height == 0:
-            raise ImageError(f"{name}: header says the image is {width}x{height} pixels; the file is corrupt or empty")
-        _check_size(name, width, height, (bits + 7) // 8, max_pixels)  # OpenCV keeps 16 and 32-bit samples
+        shape = None  # header too short for our reader
+    if shape is None:
+        shape = _pillow_shape(data, kind)
+    if shape is None:
+        # Decoding it to find out could allocate anything the header asks for.
+        raise ImageError(
+            f"{name}: cannot decode these {len(data)} bytes as {kind}: no image size can be read from its header, "
+            "so the file is corrupt or incomplete, and an image of unknown size is not decoded (it could be a "
+            "decompression bomb); re-download it or re-save it as JPEG or PNG"
+        )
+    width, height, bits = shape
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: header says the image is {width}x{height} pixels; the file is corrupt or empty")
+    _check_size(name, width, height, (bits + 7) // 8, max_pixels)  # OpenCV keeps 16 and 32-bit samples
     # OpenCV 4.x returns a JPEG that stops early padded with gray (5.0 refuses it).
     # Refuse it on every version, like PIL: the gray rows would be classified as content.
     if kind == "JPEG":
@@ -289,26 +310,57 @@ def _tiff_shape(data: bytes) -> tuple[int, int, int] | None:
     tags = {258: 1}  # BitsPerSample defaults to 1
     for i in range(min(count, 512)):
         tag, kind, values, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
-        if tag in (256, 257, 258):  # ImageWidth, ImageLength, BitsPerSample: SHORT (3) or LONG (4)
+        if tag in (256, 257, 258):  # ImageWidth, ImageLength, BitsPerSample
+            if kind not in (3, 4):
+                return None  # not SHORT or LONG (libtiff also reads BYTE, LONG8...): left to Pillow's reader
             size = 2 if kind == 3 else 4
             if values * size > 4:  # several values (one per sample) are stored at an offset; read the first
                 (offset,) = struct.unpack(order + "I", value)
                 value = data[offset : offset + size]
-            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:size])[0]
+            # A tag given twice: libtiff and Pillow keep the first, and a smaller second value
+            # would let an image past the guard. The larger one is the safe count.
+            tags[tag] = max(tags.get(tag, 0), struct.unpack(order + ("H" if kind == 3 else "I"), value[:size])[0])
     return (tags[256], tags[257], tags[258]) if len(tags) == 3 else None
+
+
+def _pillow_shape(data: bytes, kind: str) -> tuple[int, int, int] | None:
+    """(width, height, bits per sample) as Pillow's header reader finds them, without decoding; None where it cannot.
+
+    Pillow's reader for ``kind`` is called directly: Image.open would also apply Pillow's
+    own bomb limit, warning or refusing by its number instead of ours. Pillow opens
+    16-bit RGB as 8-bit "RGB", so decode_image checks the decoded array again.
+    """
+    Image.init()  # registers every format's reader, not only the common ones
+    reader = Image.OPEN.get(kind.upper())
+    if reader is None:
+        return None
+    try:
+        with reader[0](io.BytesIO(data)) as img:
+            mode, (width, height) = img.mode, img.size
+    except Exception:  # whatever stops Pillow's reader, the size stays unknown and the image is refused
+        return None
+    bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
+    return width, height, bits
+
+
+# A marker as libjpeg's next_marker() finds one: it skips bytes that are not 0xFF (with a
+# warning of "extraneous bytes before marker"), 0xFF fill bytes and 0xFF 0x00 (a stuffed
+# zero), up to 0xFF and a marker code. One junk byte before the SOF then does not hide the
+# image's size. The pattern cannot backtrack, so a long run of junk costs linear time.
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xfe]")
 
 
 def _jpeg_segments(data: bytes):
     """Yield (marker, offset, length) for each JPEG segment up to and including the first SOS."""
     i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
+    while (found := _JPEG_MARKER.search(data, i)) is not None:
+        i = found.start()
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length field
             i += 2
             continue
+        if i + 4 > len(data):
+            return
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         yield marker, i, length
         if marker == 0xDA:
@@ -326,12 +378,9 @@ def _jpeg_shape(data: bytes) -> tuple[int, int, int] | None:
 
 def _jpeg_scan_offset(data: bytes) -> int | None:
     """Where the first scan's entropy-coded data starts, or None if the header is incomplete."""
-    try:
-        for marker, i, length in _jpeg_segments(data):
-            if marker == 0xDA:
-                return i + 2 + length
-    except struct.error:
-        pass
+    for marker, i, length in _jpeg_segments(data):
+        if marker == 0xDA:
+            return i + 2 + length
     return None
 
 

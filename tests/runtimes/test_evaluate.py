@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import onnx
+import pytest
+
+from runtimes import evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,3 +61,24 @@ def test_folders_that_are_not_labels_are_refused(demo_export, tmp_path):
     (tmp_path / "cats").mkdir()
     proc = _evaluate(tmp_path, "--model", demo_export.path)
     assert proc.returncode == 2 and "not labels: cats" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_no_readable_image_is_an_error_not_a_passed_gate(demo_export, tmp_path):
+    """Before, 0 readable images gave top-1 0% for both models, a drop of 0 points, and "passed"."""
+    folder = tmp_path / demo_export.spec.labels[0]
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    proc = _evaluate(tmp_path, "--model", demo_export.path, "--reference", demo_export.path, "--max-top1-drop", "1")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: {tmp_path}: none of the 1 images in its class folders could be read; the first: ")
+    assert "broken.jpg" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("limit", ["nan", "inf", "-0.5"])
+def test_the_gate_takes_only_a_finite_number_of_points(limit, capsys):
+    """NaN compares false with every drop, so --max-top1-drop nan passed any model."""
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["data", "--reference", "fp32.onnx", "--max-top1-drop", limit])
+    assert info.value.code == 2
+    assert f"argument --max-top1-drop: must be a finite number of points, 0 or more, got {limit}" in capsys.readouterr().err
+    assert evaluate.points("0") == 0 and evaluate.points("2.5") == 2.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -45,8 +46,6 @@ def test_large_jpegs_take_the_fast_path_and_stay_close_to_exact(photos, name, me
 
 
 def test_small_images_and_other_formats_are_exact_even_when_fast_is_allowed(photos):
-    import cv2
-
     small = sorted(IMAGES_DIR.glob("*.jpg"))[0].read_bytes()
     assert load_with_mode(small, SPEC, fast=True)[1] == EXACT
     np.testing.assert_array_equal(load(small, SPEC, fast=True), load(small, SPEC))
@@ -62,6 +61,41 @@ def test_a_broken_large_jpeg_fails_as_in_exact_mode(photos):
         with pytest.raises(ImageError) as fast:
             load(broken, SPEC, "broken.jpg", fast=True)
         assert str(fast.value) == str(exact.value)
+
+
+# A spec small enough that a 600x600 JPEG takes the fast path (shorter side at least 4x resize_size).
+SMALL = ModelSpec(labels=("a",), resize_size=64, crop_size=56)
+
+
+def small_jpeg(junk: bytes = b"") -> bytes:
+    """A 600x600 JPEG, with ``junk`` before its frame header: libjpeg skips bytes that are not a marker."""
+    rgb = np.random.default_rng(7).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", rgb)[1].tobytes()
+    sof = data.index(b"\xff\xc0")
+    return data[:sof] + junk + data[sof:]
+
+
+JUNK = {"none": b"", "a zero byte": b"\x00", "fill bytes": b"\xff\xff", "a stuffed zero": b"\xff\x00", "text": b"junk"}
+
+
+@pytest.mark.parametrize("junk", JUNK.values(), ids=JUNK)
+def test_junk_before_a_marker_does_not_hide_the_jpegs_size(junk):
+    """The fast path needs the size from the header: it finds it past the junk, as libjpeg does,
+    and the decoded image is the same as the clean file's."""
+    tensor, mode = load_with_mode(small_jpeg(junk), SMALL, fast=True)
+    assert mode == FAST
+    np.testing.assert_array_equal(tensor, load(small_jpeg(), SMALL, fast=True))
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x00"], ids=["clean", "junk byte"])
+def test_the_pixel_limit_holds_on_the_fast_path(junk):
+    """Refused from the header, before the reduced decode: that decode would succeed, and nothing
+    after it counts pixels."""
+    data = small_jpeg(junk)
+    assert load_with_mode(data, SMALL, fast=True, max_pixels=360_000)[1] == FAST
+    with pytest.raises(ImageError) as info:
+        load_with_mode(data, SMALL, "big.jpg", fast=True, max_pixels=10_000)
+    assert str(info.value).startswith("big.jpg: image is 600x600 = 360,000 pixels, over the 10,000-pixel limit")
 
 
 def test_fast_mode_keeps_the_demo_models_answers(photos, demo_export):

@@ -53,18 +53,31 @@ def test_a_100_mp_16_bit_png_is_refused_from_its_header():
         decode_image(png_header_only(10_000, 10_000, 8), "bomb.png")
 
 
-def tiff_header_only(width: int, height: int, bits: int) -> bytes:
-    """A little-endian RGB TIFF whose IFD claims width x height at ``bits`` a sample, and no pixel data."""
-    bits_at = 8 + 2 + 12 * 5 + 4  # after the header and the IFD's 5 entries
+# How each TIFF type used here is stored in an IFD entry's 4 bytes: BYTE, SHORT, LONG.
+TIFF_INLINE = {1: "<B3x", 3: "<H2x", 4: "<I"}
+
+
+def tiff_file(width: int, height: int, bits: int, pixels: bytes = b"", *, width_type: int = 4, lead=(), tail=()) -> bytes:
+    """A little-endian RGB TIFF whose IFD claims width x height at ``bits`` a sample, with ``pixels`` as its one
+    uncompressed strip (none: a header only). ``width_type``: the TIFF type ImageWidth is stored as; ``lead`` and
+    ``tail``: more (tag, type, count, value) entries before and after the real ones."""
     entries = [
-        (256, 4, 1, struct.pack("<I", width)),
-        (257, 4, 1, struct.pack("<I", height)),
-        (258, 3, 3, struct.pack("<I", bits_at)),  # three values do not fit in the entry: an offset to them
-        (262, 3, 1, struct.pack("<HH", 2, 0)),  # RGB
-        (277, 3, 1, struct.pack("<HH", 3, 0)),  # 3 samples a pixel
+        *lead,
+        (256, width_type, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, "bits"),  # three values do not fit in the entry: an offset to them
+        (262, 3, 1, 2),  # RGB
+        (277, 3, 1, 3),  # 3 samples a pixel
+        *([(273, 4, 1, "strip"), (278, 4, 1, height), (279, 4, 1, len(pixels))] if pixels else []),
+        *tail,
     ]
-    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *entry[:3]) + entry[3] for entry in entries)
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<3H", bits, bits, bits)
+    bits_at = 8 + 2 + 12 * len(entries) + 4  # after the header and the IFD
+    offsets = {"bits": bits_at, "strip": bits_at + 6}
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + struct.pack(TIFF_INLINE[kind], offsets.get(value, value))
+        for tag, kind, count, value in entries
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<3H", bits, bits, bits) + pixels
 
 
 def jpeg_claiming(bits: int) -> bytes:
@@ -77,7 +90,7 @@ def jpeg_claiming(bits: int) -> bytes:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda bits: png_header_only(80, 64, bits), lambda bits: tiff_header_only(80, 64, bits), jpeg_claiming],
+    [lambda bits: png_header_only(80, 64, bits), lambda bits: tiff_file(80, 64, bits), jpeg_claiming],
     ids=["png", "tiff", "jpeg"],
 )
 def test_the_sample_size_is_read_from_the_header_before_decoding(make):
@@ -95,7 +108,66 @@ def test_the_sample_size_is_read_from_the_header_before_decoding(make):
 def test_32_bit_samples_count_four_times():
     """OpenCV decodes a float TIFF to float32: 4 bytes a sample, refused from the header."""
     with pytest.raises(ImageError, match=r"5,120 pixels of 32 bits \(61,440 bytes decoded"):
-        decode_image(tiff_header_only(80, 64, 32), "x", max_pixels=3 * 64 * 80)
+        decode_image(tiff_file(80, 64, 32), "x", max_pixels=3 * 64 * 80)
+
+
+def jpeg_with_junk(rgb: np.ndarray, junk: bytes = b"\x00") -> bytes:
+    """A JPEG of ``rgb`` with ``junk`` before its frame header, which libjpeg skips with a warning."""
+    data = encode(rgb, ".jpg")
+    sof = data.index(b"\xff\xc0")
+    return data[:sof] + junk + data[sof:]
+
+
+def os2_bmp(rgb: np.ndarray) -> bytes:
+    """A 24-bit BMP with the 12-byte OS/2 core header, which our header reader does not size, but Pillow does."""
+    height, width = rgb.shape[:2]
+    assert width * 3 % 4 == 0  # no row padding
+    pixels = np.ascontiguousarray(rgb[::-1, :, ::-1]).tobytes()  # bottom-up rows of BGR
+    head = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    return b"BM" + struct.pack("<IHHI", 14 + len(head) + len(pixels), 0, 0, 14 + len(head)) + head + pixels
+
+
+FLAT_600 = np.full((600, 600, 3), 90, np.uint8)
+OVER_THE_LIMIT = {
+    "png": encode(FLAT_600, ".png"),
+    "jpeg with a junk byte": jpeg_with_junk(FLAT_600),
+    "os/2 bmp, sized by Pillow": os2_bmp(FLAT_600),
+    # libtiff (and Pillow) keep the first of a repeated tag: a smaller second width must not count
+    "tiff repeating its width": tiff_file(600, 600, 8, FLAT_600.tobytes(), tail=[(256, 4, 1, 10)]),
+}
+
+
+@pytest.mark.parametrize("data", OVER_THE_LIMIT.values(), ids=OVER_THE_LIMIT)
+def test_an_image_over_the_limit_is_refused_before_it_is_decoded(data):
+    """The header check's message: without it the decoded array's check refuses, with its own
+    message, after OpenCV allocated the whole image (874 MB peak for a 144 MP JPEG)."""
+    with pytest.raises(ImageError) as info:
+        decode_image(data, "x", max_pixels=10_000)
+    assert str(info.value).startswith("x: image is 600x600 = 360,000 pixels, over the 10,000-pixel limit")
+    assert decode_image(data, max_pixels=360_000).shape == (600, 600, 3)  # a real image, refused for its size only
+
+
+def test_an_image_of_unknown_size_is_refused_not_decoded():
+    """ImageWidth stored as a BYTE: libtiff reads it, our header reader and Pillow's do not. Decoding it to
+    learn its size could allocate anything, so it is refused, though OpenCV could decode this one."""
+    data = tiff_file(80, 64, 8, bytes(64 * 80 * 3), width_type=1)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (64, 80, 3)
+    with pytest.raises(ImageError, match=r"^x: cannot decode these \d+ bytes as TIFF: no image size can be read from its"):
+        decode_image(data, "x")
+
+
+def test_the_decoded_array_is_checked_again():
+    """A 16-bit RGB TIFF whose size tags come after 513 other entries, past those our header reader
+    reads: Pillow sizes it, as 8-bit RGB. The decoded array's check catches the 16 bits."""
+    pixels = np.arange(64 * 80 * 3, dtype="<u2").tobytes()
+    data = tiff_file(80, 64, 16, pixels, lead=[(254, 4, 1, 0)] * 513)
+    with pytest.raises(ImageError) as info:
+        decode_image(data, "x", max_pixels=64 * 80)
+    assert str(info.value).startswith(
+        "x: decoded to 80x64 = 5,120 pixels of 16 bits (30,720 bytes decoded, as much as 10,240 8-bit pixels), "
+        "more than its header said, and past the 5,120-pixel limit"
+    )
+    assert decode_image(data, max_pixels=2 * 64 * 80).shape == (64, 80, 3)
 
 
 @pytest.mark.parametrize("ext", [".png", ".tiff"])

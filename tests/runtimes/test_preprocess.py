@@ -364,9 +364,9 @@ def jpeg_bytes() -> bytes:
         (b"P6\n30000 30000\n255\n" + bytes(100), "not a JPEG, PNG"),  # PPM header asking for 2.7 GB
         (jpeg_bytes()[:-2], "JPEG is truncated"),
         (jpeg_bytes()[: len(jpeg_bytes()) // 2], "JPEG is truncated"),
-        (jpeg_bytes()[:40], "cannot decode these 40 bytes as JPEG"),
+        (jpeg_bytes()[:40], "cannot decode these 40 bytes as JPEG: no image size can be read from its header"),
         (encode(scene(64, 80, 0), "PNG")[:-100], "cannot decode these .* bytes as PNG"),
-        (b"\xff\xd8\xff\xe0" + bytes(200), "cannot decode these 204 bytes as JPEG"),
+        (b"\xff\xd8\xff\xe0" + bytes(200), "cannot decode these 204 bytes as JPEG: no image size"),
         (tiny_png(0, 10), "0x10 pixels"),
         (tiny_png(100_000, 100_000), "= 10,000,000,000 pixels, over the 134,217,728-pixel limit"),
     ],
