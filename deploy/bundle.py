@@ -1,6 +1,6 @@
 """One folder to copy to a device: the model, its reference answers, and the runtime, without torch.
 
-    python -m deploy.bundle --model artifacts/googlenet.onnx [--variants int8,fp16]
+    python -m deploy.bundle --model artifacts/googlenet.onnx [--variants int8,fp16] [--default fp32]
         [--target cpu|cuda|tensorrt|openvino|opencv] --out DIR
 
 writes DIR and DIR.tar.gz holding::
@@ -14,6 +14,9 @@ writes DIR and DIR.tar.gz holding::
     wheels/            this toolkit's torch-free runtime as a wheel
 
 On the device: ``python -m runtimes.verify --bundle DIR`` then ``python -m runtimes.run --bundle DIR IMAGES``.
+The model run there by default is the fp32 one unless ``--default`` names a variant: fp16
+is no faster on a CPU without fp16 arithmetic, and int8 trades accuracy for speed, so
+that choice is the user's, made where the target is known.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, Mo
                 f"checkpoint {spec.checkpoint_sha256[:12] or 'none'}, the model {base.checkpoint_sha256[:12] or 'none'}"
             )
         entries.append((precision, path, spec))
-    return [*entries, ("fp32", model, base)]  # the first listed variant is the default to run
+    return [("fp32", model, base), *entries]
 
 
 def _readme(target: str, providers: tuple[str, ...]) -> str:
@@ -105,8 +108,12 @@ def build_bundle(
     *,
     target: str = "cpu",
     variants: list[str] | tuple[str, ...] = (),
+    default: str = "fp32",
 ) -> tuple[Path, Path]:
     """Write the bundle folder ``out`` and ``out.tar.gz``; returns both paths.
+
+    ``default`` is the precision run when the device names none; it is listed first,
+    which is how every reader of the format picks it.
 
     An existing bundle at ``out`` is replaced only once the new one is complete.
     """
@@ -120,11 +127,14 @@ def build_bundle(
         raise BundleError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} (fp32 is always included)")
     if out.exists() and not (out / MANIFEST).is_file():
         raise BundleError(f"--out {out} exists and is not a bundle; give a new folder")
-    entries = _model_entries(model, list(dict.fromkeys(variants)))
+    variants = list(dict.fromkeys(variants))
+    if default not in ("fp32", *variants):
+        raise BundleError(f"--default {default} is not among the bundled models: {', '.join(['fp32', *variants])}")
+    entries = sorted(_model_entries(model, variants), key=lambda entry: entry[0] != default)
     reference = reference_path_for(model)
     if not reference.is_file():
         raise BundleError(f"{reference} not found: re-export the model with `python -m converters.export` to make it")
-    base_spec = entries[-1][2]
+    base_spec = next(spec for precision, _, spec in entries if precision == "fp32")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -205,16 +215,18 @@ def _size(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.bundle", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the exported fp32 model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}; the first is run by default")
+    parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)} (fp32 is always included)")
+    parser.add_argument("--default", default="fp32", help="the precision the device runs unless told otherwise (default: fp32)")
     parser.add_argument("--target", default="cpu", choices=list(PROVIDERS), help="where it will run (default: cpu)")
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to write (DIR.tar.gz is written too)")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    folder, tarball = build_bundle(args.model, args.out, target=args.target, variants=variants)
+    folder, tarball = build_bundle(args.model, args.out, target=args.target, variants=variants, default=args.default)
     manifest = json.loads((folder / MANIFEST).read_text())
     print(
         f"wrote {folder} ({_size(folder) / 1e6:.1f} MB) and {tarball} ({_size(tarball) / 1e6:.1f} MB): "
-        f"target {args.target}, models {', '.join(m['precision'] for m in manifest['models'])}, "
+        f"target {args.target}, models {', '.join(m['precision'] for m in manifest['models'])} "
+        f"({args.default} runs by default; --variant picks another), "
         f"providers {', '.join(manifest['providers'])}\n"
         f"on the device: cd {folder.name} && pip install -r requirements.txt && python -m runtimes.verify --bundle ."
     )

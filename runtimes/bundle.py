@@ -4,13 +4,21 @@ the provider preference, the reference answers.
 A bundle is a folder (or that folder as ``.tar.gz``) written by ``python -m deploy.bundle``
 with a ``bundle.json`` that lists the sha256 of every file. Opening one checks them all:
 a file that changed in transfer is refused by name before anything runs it.
+
+A bundle is closed: every path bundle.json names (models, reference, labels, the wheels
+requirements.txt installs) must be one of those hashed files, inside the folder (no
+``..``, no absolute path, no link to elsewhere), and each model's precision and spec there
+must be the model's own. Since bundle.json itself cannot be hashed, this is what keeps an
+edited one from running, or judging by a looser tolerance, a model from outside the bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import zlib
@@ -109,18 +117,19 @@ def read_bundle(root: str | Path) -> Bundle:
             f"`pip install -r {root / 'requirements.txt'}` (from inside the bundle)"
         )
     try:
-        _check_files(root, manifest["files"])
+        files = manifest["files"]
+        _check_files(root, files)
         target = manifest["target"]
-        models = {
-            m["precision"]: BundleModel(m["precision"], root / m["file"], ModelSpec.from_json(json.dumps(m["spec"]), m["file"]))
-            for m in manifest["models"]
-        }
+        models = _read_models(root, manifest["models"], files)
+        if "labels" in manifest:
+            _listed(root, manifest["labels"], files, "the labels")
+        _check_requirements(root, files)
         return Bundle(
             root=root,
             target=target,
             providers=tuple(manifest.get("providers") or PROVIDERS[target]),
             models=models,
-            reference=root / manifest["reference"],
+            reference=_listed(root, manifest["reference"], files, "the reference"),
             made_by=made_by,
         )
     except (KeyError, TypeError, AttributeError) as exc:
@@ -130,8 +139,11 @@ def read_bundle(root: str | Path) -> Bundle:
 
 
 def _check_files(root: Path, files: dict[str, str]) -> None:
+    inside = root.resolve()
     for name, expected in sorted(files.items()):
         path = root / _safe_relative(name, root)
+        if not path.resolve().is_relative_to(inside):  # a link (or a linked folder) to elsewhere
+            raise BundleError(f"bundle {root}: {name} links to {path.resolve()}, outside the bundle; refusing it")
         if not path.is_file():
             raise BundleError(f"bundle {root}: {name} is missing; copy the whole bundle again")
         if sha256_file(path) != expected:
@@ -139,6 +151,58 @@ def _check_files(root: Path, files: dict[str, str]) -> None:
                 f"bundle {root}: {name} does not match its sha256 in {MANIFEST} (changed or damaged since it was "
                 "bundled); refusing to run it: copy the bundle again"
             )
+
+
+def _listed(root: Path, name: str, files: dict[str, str], what: str) -> Path:
+    """``root / name`` for a file that bundle.json names: only one of the files checked above,
+    so what runs is what was hashed, inside the bundle."""
+    rel = _safe_relative(name, root)
+    if name not in files:
+        raise BundleError(f"bundle {root}: {what} {name!r} is not among the hashed files in {MANIFEST}; refusing it")
+    return root / rel
+
+
+def _read_models(root: Path, entries: list[dict], files: dict[str, str]) -> dict[str, BundleModel]:
+    """precision -> model, in the manifest's order; each spec must be the one inside its file."""
+    models: dict[str, BundleModel] = {}
+    for entry in entries:
+        precision, name = entry["precision"], entry["file"]
+        path = _listed(root, name, files, "the model")
+        spec = ModelSpec.from_json(json.dumps(entry["spec"]), name)
+        _check_spec(root, name, precision, spec, ModelSpec.from_onnx(path))
+        if precision in models:
+            raise BundleError(f"bundle {root}: {MANIFEST} lists two {precision} models; refusing it")
+        models[precision] = BundleModel(precision, path, spec)
+    return models
+
+
+def _check_spec(root: Path, name: str, precision: str, listed: ModelSpec, inside: ModelSpec) -> None:
+    """The manifest's precision and spec for a model must be the model's own: verify picks its
+    tolerance by precision, and the runtimes preprocess by the spec."""
+    if listed.precision != precision or inside.precision != precision:
+        raise BundleError(
+            f"bundle {root}: {MANIFEST} lists {name} as {precision}; its spec there says {listed.precision}, "
+            f"the model itself {inside.precision}; refusing it"
+        )
+    if listed != inside:
+        differ = [f.name for f in dataclasses.fields(ModelSpec) if getattr(listed, f.name) != getattr(inside, f.name)]
+        raise BundleError(
+            f"bundle {root}: the spec of {name} in {MANIFEST} differs from the one inside the model "
+            f"({', '.join(differ)}); refusing it"
+        )
+
+
+def _check_requirements(root: Path, files: dict[str, str]) -> None:
+    """What requirements.txt installs from a path must be one of the bundle's hashed files (pip
+    runs a wheel's code); any other option or address is refused."""
+    if "requirements.txt" not in files:
+        return
+    for line in (root / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        requirement = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split(";", 1)[0].strip()
+        if requirement.startswith("-"):
+            raise BundleError(f"bundle {root}: requirements.txt has the option {requirement!r}; refusing it")
+        if "/" in requirement or "\\" in requirement:
+            _listed(root, requirement.removeprefix("./"), files, "the requirements.txt line")
 
 
 def _safe_relative(name: str, where: Path) -> PurePosixPath:

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.atomic import write_bytes
+from runtimes.bundle import sha256_file
 from runtimes.errors import BundleError
+from runtimes.spec import ModelSpec
 
 SUFFIX = ".reference.npz"
 
@@ -29,6 +31,25 @@ def reference_path_for(model_path: str | Path) -> Path:
     """``dir/googlenet.onnx`` -> ``dir/googlenet.reference.npz``."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.stem + SUFFIX)
+
+
+def reference_for(model_path: str | Path, spec: ModelSpec) -> Path:
+    """The reference answers for ``model_path``: its own, or, for a variant that
+    ``converters.quantize`` made (which writes none), those of its fp32 parent beside it,
+    recognised by the sha256 the variant's spec records. PyTorch's answers are the
+    parent's: the variant is judged against them under its own precision's tolerance."""
+    own = reference_path_for(model_path)
+    parent_sha256 = spec.variant.get("parent_sha256")
+    if own.is_file() or not parent_sha256:
+        return own  # Reference.load says it is missing
+    for candidate in sorted(own.parent.glob("*" + SUFFIX)):
+        parent = candidate.with_name(candidate.name[: -len(SUFFIX)] + ".onnx")
+        if parent.is_file() and sha256_file(parent) == parent_sha256:
+            return candidate
+    raise BundleError(
+        f"reference answers for {model_path} not found: this {spec.precision} variant is checked against those of the "
+        f"fp32 model it was made from (sha256 {parent_sha256[:12]}...); put that model and its {SUFFIX} beside it"
+    )
 
 
 @dataclass(frozen=True)
