@@ -32,9 +32,9 @@ test: $(TEST_STAMP)
 	@echo "== running the test suite (about 6-8 minutes on 2 cores)"
 	$(PY) -m pytest -q
 
-# The torch row needs the source checkpoint; the demo model's lives under artifacts/demo.
+# The torch row finds the demo checkpoint beside the demo's model.
 bench: $(TEST_STAMP)
-	$(PY) -m runtimes.bench --ckpt artifacts/demo/googlenet_demo.pth
+	$(PY) -m runtimes.bench
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Callable
 
-from runtimes.errors import ParityError, ToolkitError
+from runtimes.errors import ParityError, ProviderError, ToolkitError
 
 # The command ran, but some result failed: not the user's mistake, not a parity failure.
 EXIT_FAILED = 1
@@ -87,3 +87,31 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
         help="refuse an image that decodes to more memory than N 8-bit RGB pixels (16-bit ones count twice), "
         "a guard against decompression bombs (default: 134217728, runtimes.preprocess.MAX_PIXELS)",
     )
+
+
+def runner_options(provider: str, *, lenient: bool = False, **given: object) -> dict[str, object]:
+    """The options the user set (not None, not False), checked against what ``provider`` takes.
+
+    The runner would reject the others in keyword terms; this says it in the flags the
+    user typed: "--device-id and --fp16 do not apply to provider 'cpu'; its options: --threads".
+    ``lenient`` drops them instead: a bundle's fallback provider ignores flags meant for another.
+    """
+    from runtimes.adapters import runner_class
+
+    takes = runner_class(provider).OPTIONS
+    options = {name: value for name, value in given.items() if value is not None and value is not False}
+    unknown = [_flag(name) for name in options if name not in takes]
+    if lenient:
+        return {name: value for name, value in options.items() if name in takes}
+    if unknown:
+        ours = [_flag(name) for name in given if name in takes]
+        names = unknown[0] if len(unknown) == 1 else f"{', '.join(unknown[:-1])} and {unknown[-1]}"
+        verb = "does" if len(unknown) == 1 else "do"
+        raise ProviderError(
+            f"{names} {verb} not apply to provider {provider!r}; its options: {', '.join(ours) or 'none'}"
+        )
+    return options
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

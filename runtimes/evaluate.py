@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-top1-drop needs --reference")
 
     from runtimes.classifier import Classifier
-    from runtimes.run import runner_options
+    from runtimes.cli import runner_options
 
     options = runner_options(args.provider, precision=args.precision)
     shared = dict(batch_size=args.batch_size, exact=True, max_pixels=args.max_pixels)

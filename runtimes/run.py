@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli
+from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli, runner_options
 from runtimes.errors import ImageError, ProviderError
 from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
@@ -85,34 +85,6 @@ def read_stdin() -> bytes:
     if sys.stdin is None or sys.stdin.isatty():
         raise ImageError(f"{STDIN} reads one image from stdin, but stdin is a terminal; pipe one in: ... {STDIN} < photo.jpg")
     return sys.stdin.buffer.read()
-
-
-def runner_options(provider: str, *, lenient: bool = False, **given: object) -> dict[str, object]:
-    """The options the user set (not None, not False), checked against what ``provider`` takes.
-
-    The runner would reject the others in keyword terms; this says it in the flags the
-    user typed: "--device-id and --fp16 do not apply to provider 'cpu'; its options: --threads".
-    ``lenient`` drops them instead: a bundle's fallback provider ignores flags meant for another.
-    """
-    from runtimes.adapters import runner_class
-
-    takes = runner_class(provider).OPTIONS
-    options = {name: value for name, value in given.items() if value is not None and value is not False}
-    unknown = [_flag(name) for name in options if name not in takes]
-    if lenient:
-        return {name: value for name, value in options.items() if name in takes}
-    if unknown:
-        ours = [_flag(name) for name in given if name in takes]
-        names = unknown[0] if len(unknown) == 1 else f"{', '.join(unknown[:-1])} and {unknown[-1]}"
-        verb = "does" if len(unknown) == 1 else "do"
-        raise ProviderError(
-            f"{names} {verb} not apply to provider {provider!r}; its options: {', '.join(ours) or 'none'}"
-        )
-    return options
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def format_prediction(prediction, label_width: int) -> str:

@@ -29,7 +29,10 @@ import numpy as np
 from samples.generate import CLASSES, encode_jpeg, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CKPT = REPO_ROOT / "artifacts" / "demo" / "googlenet_demo.pth"
+# Beside the demo's model (artifacts/googlenet.onnx), where the torch reference runner
+# looks for the checkpoint a model names: `runtimes.verify --provider torch` and the
+# bench's torch row find it with no --ckpt.
+DEFAULT_CKPT = REPO_ROOT / "artifacts" / "googlenet_demo.pth"
 
 MODEL_SEED = 0  # the random trunk
 TRAIN_SEED = 1001  # training images and minibatch order

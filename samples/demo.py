@@ -1,8 +1,9 @@
 """``make demo``: the toolkit's whole job on a fresh clone, with nothing to download.
 
 1. build the embedded demo checkpoint if absent (``python -m samples.checkpoint``,
-   about a minute; cached under ``artifacts/demo/`` afterwards);
-2. ``python -m converters.export`` it, with the demo labels, to the default model path
+   about a minute; cached as ``artifacts/googlenet_demo.pth`` afterwards, beside the
+   model, where the torch reference runner finds it);
+2. ``python -m converters.export`` it, labelled with the class names saved in it, to the default model path
    the runtimes read (``artifacts/googlenet.onnx``), parity-checked against PyTorch;
 3. ``python -m runtimes.run --provider cpu`` on the committed sample images, scored
    against the class in each file name;
@@ -27,7 +28,7 @@ from runtimes.cli import EXIT_FAILED
 from runtimes.errors import ToolkitError
 from runtimes.spec import DEFAULT_MODEL
 from samples.checkpoint import DEFAULT_CKPT, REPO_ROOT
-from samples.generate import IMAGES_DIR, LABELS_FILE, label_of
+from samples.generate import IMAGES_DIR, label_of
 
 MIN_ACCURACY = 0.9  # below this the pipeline is broken, not unlucky: exit non-zero
 LATENCY_ITERATIONS = 20
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     _step("demo checkpoint (paper layout, both aux heads)", *build)
     _step(
         "export: aux-free, simplified, parity-checked ONNX",
-        "converters.export", "--ckpt", _rel(DEFAULT_CKPT), "--labels", _rel(LABELS_FILE), "--out", str(args.model),
+        "converters.export", "--ckpt", _rel(DEFAULT_CKPT), "--out", str(args.model),  # labels: the checkpoint's own
     )
     report = json.loads(report_path_for(args.model).read_text())
     for p in report["parity"]:
