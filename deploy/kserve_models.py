@@ -5,11 +5,15 @@
                      ``label`` BYTES [N, k], ``probability`` FP32 [N, k], ``class_index`` INT64 [N, k]
                      and ``error`` BYTES [N] ("" when the image was classified)
 
-Both share one :class:`Engine` (one runtime session). Inference runs in the event loop's
-thread pool, so a long call never blocks the REST and gRPC servers that share the loop.
-A request that breaks a rule raises kserve's ``InvalidInput``, which kserve answers with
-HTTP 400 or gRPC INVALID_ARGUMENT and the message. One unreadable image is an ``error``
-entry for that image; the others in the request are still classified.
+Both share one :class:`Engine` (one runtime session). Decoding and inference run in the
+event loop's thread pool, so a long call never blocks the REST and gRPC servers that
+share the loop. Each model's ``check`` reads only a request's header
+(input names, shapes, datatypes, parameters) and bounds the batch; then the data must
+hold exactly the declared elements, checked before any is converted: a request declaring
+one image but carrying 16 million elements is refused after reading one length.
+A request that breaks a rule raises kserve's ``InvalidInput``, which the server answers
+with HTTP 400 or gRPC INVALID_ARGUMENT and the message. One unreadable image is an
+``error`` entry for that image; the others in the request are still classified.
 
 An image element is the encoded file: raw bytes (gRPC, or REST binary) or base64 text
 (REST JSON; kserve cannot carry raw binary BYTES over REST JSON). Raw image formats all
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import os
 import re
 import struct
@@ -73,7 +78,10 @@ class Engine:
 
     @property
     def spec(self) -> ModelSpec:
-        return self.classifier.spec
+        """The model's spec; kept after :meth:`close`, so a Ray driver can give the models' types without a session."""
+        if self._spec is None:
+            self._spec = self.classifier.spec
+        return self._spec
 
     def __getstate__(self) -> dict[str, Any]:  # a runtime session cannot be pickled: the replica loads its own
         return {**self.__dict__, "_classifier": None, "_lock": None}
@@ -108,11 +116,63 @@ def _input(request: InferRequest, name: str, datatype: str) -> InferInput:
     return tensor
 
 
+def _mismatch(tensor: InferInput, detail: str) -> InvalidInput:
+    return InvalidInput(f"input {tensor.name!r}: data does not match shape {list(tensor.shape)}: {detail}")
+
+
 def _as_numpy(tensor: InferInput) -> np.ndarray:
+    """The tensor's values: JSON or gRPC lists of exactly the declared count, or a raw buffer.
+
+    ``_raw_data``: kserve 0.21 has no public name for a binary input's bytes.
+    """
+    count = math.prod(tensor.shape)
+    data = tensor.data
+    if tensor._raw_data is None and data and not isinstance(data[0], list) and len(data) != count:
+        raise _mismatch(tensor, f"{count} elements declared, {len(data)} sent")  # nested lists: numpy says
     try:
         return tensor.as_numpy()
-    except (ValueError, TypeError, IndexError, struct.error) as exc:  # a body shorter or longer than the declared shape
-        raise InvalidInput(f"input {tensor.name!r}: data does not match shape {list(tensor.shape)}: {first_line(exc)}") from None
+    except (ValueError, TypeError, IndexError, struct.error) as exc:
+        raise _mismatch(tensor, first_line(exc)) from None
+
+
+def _fp32_values(tensor: InferInput) -> np.ndarray:
+    """An FP32 tensor as an array; raw data must be exactly 4 bytes per declared element."""
+    raw = tensor._raw_data
+    if raw is not None and len(raw) != 4 * math.prod(tensor.shape):
+        raise _mismatch(tensor, f"FP32 needs {4 * math.prod(tensor.shape)} bytes, the request carries {len(raw)}")
+    return np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
+
+
+def split_bytes(raw: bytes | memoryview, count: int) -> list[bytes | memoryview]:
+    """The ``count`` elements of a raw BYTES tensor (each a little-endian uint32 length, then the bytes).
+
+    Only ``count`` lengths are read, so a body of millions of empty elements costs
+    nothing; it is refused because bytes are left after the declared elements.
+    """
+    elements, offset = [], 0
+    for index in range(count):
+        if offset + 4 > len(raw):
+            raise ValueError(f"{count} elements declared, the data ends in element {index}")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ValueError(f"element {index} declares {size} bytes, {len(raw) - offset} are left")
+        elements.append(raw[offset:offset + size])
+        offset += size
+    if offset != len(raw):
+        raise ValueError(f"{count} elements declared, {len(raw) - offset} more bytes follow them")
+    return elements
+
+
+def _byte_elements(tensor: InferInput) -> list[Any]:
+    """A BYTES tensor's elements in row-major order, exactly as many as its shape declares."""
+    raw = tensor._raw_data
+    if raw is None:
+        return list(_as_numpy(tensor).reshape(-1))
+    try:
+        return split_bytes(raw, math.prod(tensor.shape))
+    except ValueError as exc:
+        raise _mismatch(tensor, str(exc)) from None
 
 
 def _check_batch(n: int, max_batch: int) -> None:
@@ -151,6 +211,25 @@ def image_bytes(element: Any, index: int) -> bytes:
     return data
 
 
+def plain_image_request(body: bytes | bytearray) -> InferRequest:
+    """A ``googlenet-image`` request for one image sent as the whole body (``curl -T cat.jpg``).
+
+    The element is bytes: numpy would take a bytearray for a sequence of numbers.
+    """
+    return InferRequest(IMAGE_MODEL, [InferInput(IMAGE_INPUT, [1], "BYTES", data=[bytes(body)])])
+
+
+def top_classes(response: InferResponse) -> dict[str, float]:
+    """TorchServe's answer for one image from a ``googlenet-image`` response: ``{label: probability}``, best first.
+
+    An image that could not be classified raises InvalidInput with its error.
+    """
+    outputs = {o.name: o.data for o in response.outputs}
+    if outputs["error"][0]:
+        raise InvalidInput(outputs["error"][0])
+    return dict(zip(outputs["label"], outputs["probability"]))
+
+
 class _ServedModel(Model):
     NAME = ""
 
@@ -179,15 +258,22 @@ class TensorModel(_ServedModel):
         spec = self.backend.spec
         return [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}]
 
-    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+    def check(self, request: InferRequest) -> InferInput:
+        """The request's one input, its header checked (InvalidInput if it breaks a rule); no data is read."""
         spec = self.backend.spec
-        tensor = _input(payload, spec.input_name, "FP32")
+        tensor = _input(request, spec.input_name, "FP32")
         size = spec.crop_size
         if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [3, size, size]:
             raise InvalidInput(f"input {spec.input_name!r} must have shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
         _check_batch(tensor.shape[0], self.backend.max_batch)
-        batch = np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
-        logits = await asyncio.to_thread(self.backend.classifier.runner.infer, batch)
+        return tensor
+
+    def _logits(self, tensor: InferInput) -> np.ndarray:
+        return self.backend.classifier.runner.infer(_fp32_values(tensor))
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        spec = self.backend.spec
+        logits = await asyncio.to_thread(self._logits, self.check(payload))
         out = InferOutput(spec.output_name, list(logits.shape), "FP32")
         out.set_data_from_numpy(np.asarray(logits, dtype=np.float32), binary_data=payload.use_binary_outputs)
         return InferResponse(payload.id or str(uuid.uuid4()), self.name, [out], use_binary_outputs=payload.use_binary_outputs,
@@ -210,18 +296,26 @@ class ImageModel(_ServedModel):
             {"name": "error", "datatype": "BYTES", "shape": [-1]},
         ]
 
-    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
-        tensor = _input(payload, IMAGE_INPUT, "BYTES")
+    def check(self, request: InferRequest) -> tuple[InferInput, int]:
+        """The request's one input and its topk, the header checked (InvalidInput if it breaks a rule); no data is read."""
+        tensor = _input(request, IMAGE_INPUT, "BYTES")
         shape = list(tensor.shape)
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise InvalidInput(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1], one encoded image each; got {shape}")
         _check_batch(shape[0], self.backend.max_batch)
-        k = _request_int(payload, "topk", DEFAULT_TOPK)
+        k = _request_int(request, "topk", DEFAULT_TOPK)
         classes = self.backend.spec.num_classes
         if not 1 <= k <= classes:
             raise InvalidInput(f"parameter 'topk' must be 1 to {classes}, got {k}")
-        images = [image_bytes(e, i) for i, e in enumerate(_as_numpy(tensor).reshape(-1))]
-        predictions = await asyncio.to_thread(self.backend.classifier.predict, images, k)
+        return tensor, k
+
+    def _predict(self, tensor: InferInput, k: int) -> list:
+        images = [image_bytes(e, i) for i, e in enumerate(_byte_elements(tensor))]
+        return self.backend.classifier.predict(images, k)
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        tensor, k = self.check(payload)
+        predictions = await asyncio.to_thread(self._predict, tensor, k)
         n = len(predictions)
         labels = np.full((n, k), b"", dtype=np.object_)
         probs = np.zeros((n, k), dtype=np.float32)

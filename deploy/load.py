@@ -9,6 +9,11 @@ the ``googlenet`` model and checks every answer against the first one. It prints
 JSON line: requests, errors, wrong answers, images per second, and the p50 and p99 of
 the request latency in milliseconds. ``--in-process`` runs the same batches through a
 ``Classifier`` runner in this process, one after another, for comparison.
+
+An address without a port gets ``deploy.serve``'s (8080 for REST, 8081 for gRPC), not
+the client library's (gRPC's is 443). A first request that fails (nothing listening, a
+server that is not this one) is one ``error:`` line and exit 2; on a terminal, a
+progress line counts the requests.
 """
 
 from __future__ import annotations
@@ -20,10 +25,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from deploy.serve import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from runtimes.cli import positive_int, run_cli
+from runtimes.errors import ToolkitError, first_line
+from runtimes.progress import Progress
+
+
+class LoadError(ToolkitError):
+    """The load run cannot start: a bad address, or a server that does not answer."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,19 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     first_error: str | None = None
+
+
+def server_address(text: str, default_port: int) -> str:
+    """``host:port`` from ``host``, ``host:port``, ``[::1]:port`` or a URL; the port defaults to ``default_port``."""
+    parts = urlsplit(text if "//" in text else f"//{text}")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise LoadError(f"{text!r} is not HOST:PORT: the port must be a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise LoadError(f"{text!r} is not HOST:PORT: no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
 
 
 def seeded_batch(batch: int) -> np.ndarray:
@@ -76,11 +102,20 @@ def http_infer(address: str, binary: bool = True):
 
 
 def load_run(infer, target: str, *, clients: int, requests: int, batch: np.ndarray) -> LoadResult:
-    """``clients`` threads each calling ``infer(batch)`` ``requests`` times; every answer must equal the first."""
-    expected = infer(batch)  # also warms the connection and the session
+    """``clients`` threads each calling ``infer(batch)`` ``requests`` times; every answer must equal the first.
+
+    Raises LoadError, in one line, if that first request fails.
+    """
+    try:
+        expected = infer(batch)  # also warms the connection and the session
+    except ToolkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - refused connection, unknown host, a 4xx from another server...
+        raise LoadError(f"the first request to {target} failed: {' '.join(first_line(exc).split())}") from None
     latencies: list[float] = []
     errors, wrong, first_error = 0, 0, None
     lock = threading.Lock()
+    progress = Progress(clients * requests)
 
     def client() -> None:
         nonlocal errors, wrong, first_error
@@ -92,14 +127,16 @@ def load_run(infer, target: str, *, clients: int, requests: int, batch: np.ndarr
                 with lock:
                     errors += 1
                     first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
+                    progress.advance()
                 continue
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed)
                 wrong += not np.array_equal(got, expected)
+                progress.advance()
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with progress, ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     wall = time.perf_counter() - start
@@ -128,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             result = load_run(classifier.runner.infer, f"in-process {args.in_process}", clients=1,
                               requests=args.clients * args.requests, batch=batch)
     elif args.grpc:
-        result = load_run(grpc_infer(args.grpc), f"grpc {args.grpc}", clients=args.clients,
+        address = server_address(args.grpc, DEFAULT_GRPC_PORT)
+        result = load_run(grpc_infer(address), f"grpc {address}", clients=args.clients,
                           requests=args.requests, batch=batch)
     else:
-        result = load_run(http_infer(args.http, binary=not args.json_tensors), f"http {args.http}",
+        address = server_address(args.http, DEFAULT_HTTP_PORT)
+        result = load_run(http_infer(address, binary=not args.json_tensors), f"http {address}",
                           clients=args.clients, requests=args.requests, batch=batch)
     print(json.dumps(asdict(result)))
     return 1 if result.errors or result.wrong else 0

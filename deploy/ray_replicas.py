@@ -7,7 +7,8 @@ is not started: the only ports are the ModelServer's.
 
 A gRPC request reaches kserve as an ``InferRequest`` holding protobuf maps, which Ray
 cannot pickle (kserve's ``RayModel`` answers "Internal server error"); it travels to the
-replica as the serialized protobuf message instead and is rebuilt there.
+replica as the serialized protobuf message instead and is rebuilt there. A refusal
+(HTTP 400) or a runtime failure (500) in a replica comes back as its one-line message.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.kserve_models import IMAGE_MODEL, TENSOR_MODEL, Engine, ImageModel, InferRequest, InvalidInput, TensorModel
+from deploy.kserve_models import Engine, ImageModel, InferRequest, InvalidInput, TensorModel
 from kserve.model import InferenceVerb
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 from kserve.ray import RayModel
+from runtimes.errors import InferenceError, ToolkitError
 
 DEPLOYMENT = "googlenet"
 
@@ -28,6 +30,7 @@ DEPLOYMENT = "googlenet"
 @dataclass(frozen=True)
 class _Refused:
     reason: str
+    server_fault: bool = False  # a runtime failure (HTTP 500), not the client's (400)
 
 
 class Replica:
@@ -45,28 +48,29 @@ class Replica:
             return await self.models[body.model_name](body, headers)
         except InvalidInput as exc:  # Ray would wrap it in its own error and traceback: send the reason
             return _Refused(exc.reason)
-
-    def types(self, name: str) -> tuple[list[dict], list[dict]]:
-        model = self.models[name]
-        return model.get_input_types(), model.get_output_types()
+        except ToolkitError as exc:
+            return _Refused(str(exc), server_fault=True)
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class ReplicatedModel(RayModel):
-    """kserve's RayModel for one of the replicas' models, with gRPC requests made picklable."""
+    """kserve's RayModel for one of the replicas' models, with gRPC requests made picklable.
 
-    def __init__(self, name: str, handle: Any, types: tuple[list[dict], list[dict]]) -> None:
-        super().__init__(name, handle)
-        self._types = types
+    ``local`` is the same model unloaded, in the driver: its input and output types.
+    """
+
+    def __init__(self, local: TensorModel | ImageModel, handle: Any) -> None:
+        super().__init__(local.name, handle)
+        self._local = local
 
     async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
         if isinstance(body, InferRequest) and body.from_grpc:
             body = body.to_grpc().SerializeToString()
         answer = await self._handle.remote(body, headers=dict(headers or {}))
         if isinstance(answer, _Refused):
-            raise InvalidInput(answer.reason)
+            raise (InferenceError if answer.server_fault else InvalidInput)(answer.reason)
         return answer
 
     def load(self) -> bool:
@@ -74,10 +78,10 @@ class ReplicatedModel(RayModel):
         return True
 
     def get_input_types(self) -> list[dict]:
-        return self._types[0]
+        return self._local.get_input_types()
 
     def get_output_types(self) -> list[dict]:
-        return self._types[1]
+        return self._local.get_output_types()
 
 
 def shutdown() -> None:
@@ -101,6 +105,7 @@ def replicated_models(engine: Engine, replicas: int) -> list[ReplicatedModel]:
     ray.init(num_cpus=slots, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     serve.start(http_options={"location": "Disabled"})
+    engine.spec  # noqa: B018 - kept after close(), for the driver's model types
     engine.close()  # the replicas load their own sessions; the driver needs none
     replica = serve.deployment(Replica, name=DEPLOYMENT, num_replicas=replicas,
                                ray_actor_options={"num_cpus": slots / replicas})
@@ -112,5 +117,4 @@ def replicated_models(engine: Engine, replicas: int) -> list[ReplicatedModel]:
             break
     running = serve.status().applications[DEPLOYMENT].deployments[DEPLOYMENT].replica_states.get("RUNNING", 0)
     print(f"ray serve: {running} replicas running; {len(pids)} answered", file=sys.stderr, flush=True)
-    names = (TENSOR_MODEL, IMAGE_MODEL)
-    return [ReplicatedModel(name, handle, handle.types.remote(name).result()) for name in names]
+    return [ReplicatedModel(local, handle) for local in (TensorModel(engine), ImageModel(engine))]

@@ -2,7 +2,7 @@
 
     python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR
         [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081] [--provider cpu]
-        [--max-batch 32] [--max-body-mb 64] [--max-pixels N] [--threads N] [--replicas N]
+        [--max-batch 32] [--max-body-mb 64] [--max-json-mb 8] [--max-pixels N] [--threads N] [--replicas N]
 
 Two models (see ``deploy.kserve_models``): ``googlenet`` takes preprocessed FP32 tensors,
 ``googlenet-image`` takes encoded images. Any v2 client works; with ``tritonclient``:
@@ -12,9 +12,15 @@ Two models (see ``deploy.kserve_models``): ``googlenet`` takes preprocessed FP32
     data = grpcclient.InferInput("image", [1], "BYTES"); data.set_data_from_numpy(np.array([jpeg], dtype=object))
     client.infer("googlenet-image", [data]).as_numpy("label")
 
-The server listens on loopback unless ``--host`` says otherwise. A request body over
-``--max-body-mb`` gets HTTP 413 (gRPC: RESOURCE_EXHAUSTED), a batch over ``--max-batch``
-a 400 (see ``deploy.kserve_server``).
+Over REST, one image can also be the whole body (``curl -T cat.jpg
+http://127.0.0.1:8080/predictions/googlenet``, or a POST to ``googlenet-image``'s infer
+route with ``Content-Type: image/jpeg``).
+
+The server listens on loopback unless ``--host`` says otherwise. A binary request body
+over ``--max-body-mb`` gets HTTP 413 (gRPC: RESOURCE_EXHAUSTED), a JSON one over the
+lower ``--max-json-mb`` too (parsing JSON holds the interpreter for its whole length),
+a batch over ``--max-batch`` a 400 (see ``deploy.kserve_server``). On SIGTERM, requests
+in flight have ``GRACE_S`` seconds to finish.
 ``--replicas N`` runs N copies of the model on a local Ray Serve cluster behind the same
 two endpoints.
 """
@@ -34,7 +40,12 @@ from runtimes.spec import DEFAULT_MODEL
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BODY_MB = 64
+# JSON is parsed in one call that holds the interpreter: about 5 ms per MB on the 2-core
+# development machine, a stall of every other request; 8 MB is two FP32 images as JSON.
+DEFAULT_MAX_JSON_MB = 8
 GRACE_S = 5  # on SIGTERM, how long requests in flight may take to finish
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.serve", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -46,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=non_negative_int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=non_negative_int, default=DEFAULT_GRPC_PORT)
     parser.add_argument("--max-batch", type=positive_int, default=32, help="most images or tensors per request")
-    parser.add_argument("--max-body-mb", type=positive_int, default=DEFAULT_MAX_BODY_MB, help="largest request body")
+    parser.add_argument("--max-body-mb", type=positive_int, default=DEFAULT_MAX_BODY_MB,
+                        help="largest binary request body (binary tensors, an image; gRPC message)")
+    parser.add_argument("--max-json-mb", type=positive_int, default=DEFAULT_MAX_JSON_MB, help="largest JSON request body")
     parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
     add_max_pixels(parser)
     parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
@@ -76,6 +89,8 @@ def check_port(host: str, port: int, protocol: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.http_port == args.grpc_port != 0:
+        raise ServeError(f"--http-port and --grpc-port are both {args.http_port}; give each protocol its own port")
     check_port(args.host, args.http_port, "HTTP")
     check_port(args.host, args.grpc_port, "gRPC")
     from deploy import kserve_models as km  # kserve loads only now
@@ -107,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serving {', '.join(m.name for m in models)} ({provider}, {engine.model.name}) on "
               f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
         server = HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                                 max_body=args.max_body_mb << 20, grace_period=GRACE_S)
+                                 max_body=args.max_body_mb << 20, max_json=args.max_json_mb << 20,
+                                 grace_period=GRACE_S)
         server.start(models)  # until SIGINT or SIGTERM
     return 0
 

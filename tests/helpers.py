@@ -1,5 +1,5 @@
-"""What several test modules share: runtime parameters that skip with their reason, and
-model files derived from an export (an fp16 variant, a perturbed copy)."""
+"""What several test modules share: runtime parameters that skip with their reason, tiny
+hand-built models, and model files derived from an export (an fp16 variant, a perturbed copy)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,29 @@ def provider_param(name: str):
     """A pytest parameter for runtime ``name`` that shows as a skip, with the reason, where it cannot run."""
     reason = unavailable_reason(name)
     return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=f"{name} unavailable here: {reason}"))
+
+
+TINY_SIZE = 8  # the tiny models' inputs are N x 3 x 8 x 8
+
+
+def save_tiny_model(path: Path, nodes: list, initializers: list) -> Path:
+    """A three-class model of ``nodes`` (``input`` N x 3 x 8 x 8 -> ``logits`` N x 3) with this toolkit's metadata."""
+    from onnx import TensorProto, helper
+
+    from runtimes.spec import METADATA_KEY, ModelSpec
+
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, TINY_SIZE, TINY_SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    spec = ModelSpec(labels=("a", "b", "c"), resize_size=TINY_SIZE, crop_size=TINY_SIZE)
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.save(model, str(path))
+    return path
 
 
 def save_fp16_variant(model_path: Path, out: Path) -> Path:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import pty
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
+from deploy.serve import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from runtimes.classifier import Classifier
 from tests.deploy.serving import MAX_PIXELS, REPO, SAMPLES, free_port
 
@@ -37,11 +43,11 @@ def _infer_tensor(server, protocol: str, batch: np.ndarray) -> np.ndarray:
     return http_infer(server.http, binary=protocol == "http-binary")(batch)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http-binary", "http-json"])
-def test_logits_equal_in_process_inference(server, local, protocol):
-    batch = seeded_batch(3)
+@pytest.mark.parametrize(("protocol", "images"), [("grpc", 3), ("http-binary", 3), ("http-json", 2)])
+def test_logits_equal_in_process_inference(server, local, protocol, images):
+    batch = seeded_batch(images)  # 3 images as JSON are over the default --max-json-mb
     served = _infer_tensor(server, protocol, batch)
-    assert served.shape == (3, local.spec.num_classes) and served.dtype == np.float32
+    assert served.shape == (images, local.spec.num_classes) and served.dtype == np.float32
     np.testing.assert_allclose(served, local.runner.infer(batch), rtol=0, atol=1e-5)
 
 
@@ -145,9 +151,11 @@ def _json_tensor(shape, datatype="FP32", data=None, name="input") -> bytes:
                                    "data": data if data is not None else [0] * count}]}).encode()
 
 
-def _binary_tensor(batch: np.ndarray, send: int) -> tuple[bytes, dict]:
+def _binary_tensor(batch: np.ndarray, send: int, declare: int | None = None) -> tuple[bytes, dict]:
+    """``send`` bytes of ``batch`` after a header declaring ``declare`` of them (default: all)."""
+    size = batch.nbytes if declare is None else declare
     header = json.dumps({"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": batch.nbytes}}]}).encode()
+                                     "parameters": {"binary_data_size": size}}]}).encode()
     return header + batch.tobytes()[:send], {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -159,8 +167,11 @@ BAD_REST = {
     "batch over the limit": ("googlenet", _json_tensor([9, 3, 224, 224]), {}, 400, "batch of 9"),
     "unknown model": ("resnet50", _json_tensor([1, 3, 224, 224]), {}, 404, "resnet50"),
     "truncated binary body": ("googlenet", *_binary_tensor(seeded_batch(1), 1000), 400, "declares 602112 bytes"),
+    "binary size off the shape": ("googlenet", *_binary_tensor(seeded_batch(1), 1200, declare=1200), 400,
+                                  "data does not match shape [1, 3, 224, 224]: FP32 needs 602112 bytes, the request carries 1200"),
     "oversized body": ("googlenet", *_binary_tensor(seeded_batch(28), 28 * 602112), 413, "at most 16777216"),
-    "not JSON": ("googlenet", b"{inputs: oops", {"Content-Type": "application/json"}, 422, "JSON decode error"),
+    "not JSON": ("googlenet", b"{inputs: oops", {"Content-Type": "application/json"}, 400,
+                 "malformed JSON inference request: Invalid JSON: key must be a string"),
     "image topk out of range": ("googlenet-image", json.dumps({
         "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(GARBAGE).decode()]}],
         "parameters": {"topk": 0}}).encode(), {}, 400, "'topk' must be 1 to 9"),
@@ -202,6 +213,16 @@ def test_malformed_grpc_requests_get_a_status_and_the_server_goes_on(server, loc
     _good_request_still_answers(server, local)
 
 
+def test_grpc_contents_must_hold_the_declared_element_count(server, local):
+    request = service_pb2.ModelInferRequest(model_name="googlenet-image")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.extend([b""] * 3)
+    with grpc.insecure_channel(server.grpc) as channel, pytest.raises(grpc.RpcError) as error:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "input 'image': data does not match shape [1]: 1 elements declared, 3 sent"
+    _good_request_still_answers(server, local)
+
+
 @pytest.mark.parametrize("content_type", [None, "application/json"])
 def test_json_requests_with_or_without_content_type(server, local, content_type):
     batch = seeded_batch(1)
@@ -237,3 +258,116 @@ def test_a_port_in_use_is_one_line_before_anything_loads(busy, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot listen for {protocol} on 127.0.0.1:{ports[busy]}: Address already in use")
 
+
+
+def test_the_same_port_for_both_protocols_is_one_line_before_the_model_loads(demo_export):
+    port = str(free_port())
+    done = subprocess.run([sys.executable, "-m", "deploy.serve", "--model", str(demo_export.path),
+                           "--http-port", port, "--grpc-port", port],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (
+        2, f"error: --http-port and --grpc-port are both {port}; give each protocol its own port\n")
+
+
+def _top1_over_grpc(server, image: bytes) -> tuple[str, float]:
+    result = _images_grpc(server, [image], topk=5)
+    return result.as_numpy("label")[0][0].decode(), float(result.as_numpy("probability")[0][0])
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
+def test_a_plain_image_body_is_one_image(server, local, content_type):
+    image = SAMPLES[0].read_bytes()
+    response = httpx.post(f"http://{server.http}/v2/models/googlenet-image/infer", content=image,
+                          headers={"Content-Type": content_type}, timeout=60)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["label"]["shape"] == [1, 5] and outputs["error"]["data"] == [""]
+    label, prob = _top1_over_grpc(server, image)
+    assert outputs["label"]["data"][0] == label == local.predict(image, topk=1)[0].topk[0].label
+    assert outputs["probability"]["data"][0] == pytest.approx(prob, abs=1e-6)
+
+
+def test_a_plain_body_to_the_tensor_model_says_where_images_go(server):
+    response = httpx.post(f"http://{server.http}/v2/models/googlenet/infer", content=SAMPLES[0].read_bytes(),
+                          headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert response.status_code == 400 and "is one image, for model 'googlenet-image'" in response.json()["error"]
+
+
+@pytest.mark.parametrize(("method", "model"), [("PUT", "googlenet"), ("POST", "googlenet"), ("POST", "googlenet-image")])
+def test_torchserve_predictions_route_answers_label_probabilities(server, method, model):
+    image = SAMPLES[1].read_bytes()
+    response = httpx.request(method, f"http://{server.http}/predictions/{model}", content=image, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer) == 5 and list(answer.values()) == sorted(answer.values(), reverse=True)
+    label, prob = _top1_over_grpc(server, image)
+    assert next(iter(answer.items())) == (label, pytest.approx(prob, abs=1e-6))
+
+
+def test_torchserve_predictions_route_refuses_in_one_line(server):
+    response = httpx.put(f"http://{server.http}/predictions/googlenet", content=GARBAGE, timeout=60)
+    assert response.status_code == 400 and "not a JPEG, PNG" in response.json()["error"]
+    assert httpx.put(f"http://{server.http}/predictions/resnet50", content=GARBAGE, timeout=60).status_code == 404
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("how", ["upload", "post"])
+def test_the_readme_curl_commands(server, how):
+    """``curl -T`` (a PUT with no Content-Type) and ``curl --data-binary`` with an image type, as documented."""
+    image = str(SAMPLES[2])
+    if how == "upload":
+        command = ["curl", "-sS", "-T", image, f"http://{server.http}/predictions/googlenet"]
+    else:
+        command = ["curl", "-sS", "--data-binary", f"@{image}", "-H", "Content-Type: image/jpeg",
+                   f"http://{server.http}/v2/models/googlenet-image/infer"]
+    answer = json.loads(subprocess.run(command, capture_output=True, check=True, timeout=60).stdout)
+    label = next(iter(answer)) if how == "upload" else answer["outputs"][0]["data"][0]
+    assert label == _top1_over_grpc(server, SAMPLES[2].read_bytes())[0]
+
+
+def _load_command(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy.load", *arguments, "--clients", "1", "--requests", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("protocol", ["--grpc", "--http"])
+def test_load_against_a_dead_address_is_one_line(protocol):
+    with socket.socket() as bound:  # bound, not listening: a connection is refused
+        bound.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{bound.getsockname()[1]}"
+        done = _load_command(protocol, address)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: the first request to {protocol[2:]} {address} failed: "), done.stderr
+    assert "refused" in done.stderr.lower() and done.stdout == ""
+
+
+@pytest.mark.parametrize(("protocol", "port"), [("--grpc", DEFAULT_GRPC_PORT), ("--http", DEFAULT_HTTP_PORT)])
+def test_load_without_a_port_uses_the_servers_default(protocol, port):
+    with socket.socket() as bound:  # deploy.serve's default port, held dead for the test
+        bound.bind(("127.0.0.1", port))
+        done = _load_command(protocol, "127.0.0.1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: the first request to {protocol[2:]} 127.0.0.1:{port} failed: "), done.stderr
+
+
+def test_load_shows_progress_on_a_terminal_only(demo_export):
+    command = [sys.executable, "-m", "deploy.load", "--in-process", str(demo_export.path), "--clients", "1",
+               "--requests", "4"]
+    leader, follower = pty.openpty()
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=follower) as process:
+        os.close(follower)
+        stdout = process.stdout.read()
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the follower side is closed: everything was read
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    os.close(leader)
+    assert process.returncode == 0 and json.loads(stdout)["requests"] == 4
+    assert b"] 3/4" in terminal and terminal.endswith(b"\r\x1b[K"), terminal
+    piped = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == ""

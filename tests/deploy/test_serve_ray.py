@@ -45,6 +45,8 @@ def test_two_replicas_answer_grpc_like_in_process(ray_server, demo_export):
     images.set_data_from_numpy(np.array([p.read_bytes() for p in SAMPLES], dtype=np.object_))
     answer = client.infer("googlenet-image", [images], parameters={"topk": 1})  # parameters: a protobuf map
     assert [row[0].decode() for row in answer.as_numpy("label")] == labels
+    plain = httpx.put(f"http://{ray_server.http}/predictions/googlenet", content=SAMPLES[0].read_bytes(), timeout=60)
+    assert plain.status_code == 200 and next(iter(plain.json())) == labels[0], plain.text
 
 
 def test_a_replica_refusal_is_the_plain_message(ray_server):

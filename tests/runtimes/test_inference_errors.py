@@ -18,36 +18,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from runtimes.adapters import create_runner
 from runtimes.errors import InferenceError
-from runtimes.spec import METADATA_KEY, ModelSpec
-from tests.helpers import provider_param
+from tests.helpers import provider_param, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-SIZE = 8  # N x 3 x 8 x 8 inputs
-
-
-def _save(path: Path, nodes: list, initializers: list) -> Path:
-    graph = helper.make_graph(
-        nodes, "broken",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    spec = ModelSpec(labels=("a", "b", "c"), resize_size=SIZE, crop_size=SIZE)
-    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
-    onnx.save(model, str(path))
-    return path
 
 
 def unrunnable_model(path: Path) -> Path:
     """Pools to N x 3, then reshapes that to a fixed 7 x 3: fails for every batch size but 7."""
     shape = onnx.numpy_helper.from_array(np.array([7, 3], np.int64), "shape")
-    return _save(path, [
+    return save_tiny_model(path, [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Reshape", ["flat", "shape"], ["logits"]),
@@ -57,7 +40,7 @@ def unrunnable_model(path: Path) -> Path:
 def nan_model(path: Path) -> Path:
     """sqrt(-(mean + 1)): NaN for a black image, whose mean is 0."""
     one = onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one")
-    return _save(path, [
+    return save_tiny_model(path, [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Add", ["flat", "one"], ["shifted"]),
