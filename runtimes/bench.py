@@ -1,9 +1,15 @@
 """What people choose a runtime by: latency percentiles and throughput per runtime,
 precision and batch size, against the hardware limit; throughput from image files; cold start.
 
-    python -m runtimes.bench [--providers cpu,openvino,opencv,torch] [--batch-sizes 1,8,32]
-        [--precisions fp32,fp16,int8,bf16] [--iterations 50 | --seconds 5] [--rounds 1]
-        [--images DIR] [--json] [--plot bench.png]
+    python -m runtimes.bench [--model M | --bundle DIR|DIR.tar.gz] [--providers cpu,openvino,opencv,torch]
+        [--batch-sizes 1,8,32] [--precisions fp32,fp16,int8,bf16] [--iterations 50 | --seconds 5]
+        [--rounds 1] [--images DIR] [--json] [--plot bench.png]
+
+By default it measures every runtime available here (``runtimes.doctor`` says which),
+PyTorch only when it has the checkpoint to run (``--ckpt``, or the one the model names,
+beside it), in fp32; with ``--bundle``, each model the bundle holds on the bundle's own
+providers. Neither torch nor the ``onnx`` package is needed: a device runs it on exactly
+the bundle's requirements.
 
 Rows run one at a time, each runner closed before the next loads, so no two thread
 pools compete for the cores. ``--rounds N`` measures the whole plan N times, every other
@@ -17,6 +23,7 @@ these cores (``runtimes.roofline``). Speed targets are checked here, not in time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -27,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
-from runtimes.spec import DEFAULT_MODEL
-
-DEFAULT_PROVIDERS = ("torch", "cpu", "openvino", "opencv")
+from runtimes.progress import Progress
+from runtimes.spec import DEFAULT_MODEL, ModelSpec
 # Precisions a runtime applies to the fp32 model itself (OpenVINO's inference hint),
 # as opposed to variant files (fp16, int8) made by converters.quantize.
 RUNTIME_PRECISIONS = ("bf16",)
@@ -87,9 +93,10 @@ def _summary(row: dict[str, Any], rounds: list[list[float]]) -> dict[str, Any]:
 
 def _measure(
     provider: str, model: Path, batch_size: int, iterations: int, warmup: int,
-    seconds: float | None, options: dict[str, Any] | None,
+    seconds: float | None, options: dict[str, Any] | None, *, spec: ModelSpec | None = None,
 ) -> tuple[dict[str, Any], list[float] | None]:
-    """(row without latencies, seconds per timed call), or (row with its skip reason, None)."""
+    """(row without latencies, seconds per timed call), or (row with its skip reason, None);
+    ``spec`` None reads it from the model file."""
     import numpy as np
 
     from runtimes.adapters import create_runner, unavailable_reason
@@ -100,7 +107,7 @@ def _measure(
     reason = unavailable_reason(provider)
     if reason is not None:
         return {"provider": provider, "batch_size": batch_size, "skipped": reason}, None
-    runner = create_runner(provider, model, batch_size=batch_size, **(options or {}))
+    runner = create_runner(provider, model, spec, batch_size=batch_size, **(options or {}))
     started = time.perf_counter()
     try:
         runner.load()
@@ -137,9 +144,10 @@ def _speedup(results: list, baseline: list | None) -> dict[str, Any]:
     return found
 
 
-def cold_start(model: Path, runs: int = COLD_START_RUNS) -> dict[str, Any]:
-    """Seconds from spawning ``python -m runtimes.run`` on one image to its first output line,
-    and whether that process imported torch (checked with ``-X importtime``)."""
+def cold_start(source: list[str], runs: int = COLD_START_RUNS) -> dict[str, Any]:
+    """Seconds from spawning ``python -m runtimes.run`` with ``source`` (``["--model", M]`` or
+    ``["--bundle", B]``) on one image to its first output line, and whether that process
+    imported torch (checked with ``-X importtime``)."""
     import cv2
     import numpy as np
 
@@ -147,7 +155,7 @@ def cold_start(model: Path, runs: int = COLD_START_RUNS) -> dict[str, Any]:
         image = Path(folder) / "noise.jpg"
         pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
         image.write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes())
-        command = [sys.executable, "-m", "runtimes.run", "--json", "--model", str(model), str(image)]
+        command = [sys.executable, "-m", "runtimes.run", "--json", *source, str(image)]
         seconds = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -167,29 +175,15 @@ def cold_start(model: Path, runs: int = COLD_START_RUNS) -> dict[str, Any]:
     }
 
 
-class Progress:
-    """``[3/12] openvino fp32 batch 8`` on one redrawn stderr line, only on a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.enabled = total, 0, sys.stderr.isatty()
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        if self.enabled:
-            sys.stderr.write(f"\r\x1b[K[{self.done}/{self.total}] {what}")
-            sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-
-
 def _markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
-    lines = [
-        f"{machine['model']} ({', '.join(machine['flags'])}), {machine['physical_cores']} cores; "
+    limit = (
         f"{report['flops_per_image'] / 1e9:.2f} GFLOPs per image; measured fp32 GEMM peak "
-        f"{report['gemm_peak_gflops']:.0f} GFLOP/s, so at best {report['bound_ms_per_image']:.2f} ms per image",
+        f"{report['gemm_peak_gflops']:.0f} GFLOP/s, so at best {report['bound_ms_per_image']:.2f} ms per image"
+        if "bound_ms_per_image" in report else f"no hardware limit: {report['limit_note']}"
+    )
+    lines = [
+        f"{machine['model']} ({', '.join(machine['flags'])}), {machine['physical_cores']} cores; {limit}",
         "",
         "| runtime | precision | batch | p50 ms | p90 ms | p99 ms | images/s | of the fp32 limit | speed-up vs ORT fp32 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -197,11 +191,12 @@ def _markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         name = NAMES.get(r["provider"], r["provider"])
         if "skipped" in r:
-            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {r['skipped'][:120]} |||||||")
+            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {_cell(r['skipped'])} |||||||")
             continue
         lines.append(
             f"| {name} | {r['precision']} | {r['batch_size']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['of_limit']:.0%} | {_speedup_cell(r)} |"
+            f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {format(r['of_limit'], '.0%') if 'of_limit' in r else ''} | "
+            f"{_speedup_cell(r)} |"
         )
     rounds = max((r.get("rounds", 1) for r in report["rows"]), default=1)
     if rounds > 1:
@@ -240,6 +235,11 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """``text`` whole, as one markdown table cell: a reason cut short would hide its fix."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _speedup_cell(row: dict[str, Any]) -> str:
     if "speedup" not in row:
         return ""
@@ -266,8 +266,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         batches = [r["batch_size"] for r in rows]
         latency.plot(batches, [r["median_ms"] for r in rows], marker="o", label=label)
         throughput.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=label)
-    limit = 1e3 / report["bound_ms_per_image"]
-    throughput.axhline(limit, color="gray", linestyle="--", label="hardware limit")
+    if "bound_ms_per_image" in report:
+        throughput.axhline(1e3 / report["bound_ms_per_image"], color="gray", linestyle="--", label="hardware limit")
     batch_sizes = sorted({r["batch_size"] for rows in series.values() for r in rows})
     latency.set_yscale("log")
     for ax, title, unit in ((latency, "latency (p50)", "ms per call"), (throughput, "throughput", "images/s")):
@@ -292,14 +292,63 @@ def _csv(text: str, kind=str) -> list:
     return [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtimes.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"ONNX model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS), help="comma-separated runtimes")
+def default_providers(model: Path, ckpt: Path | None) -> list[str]:
+    """Every runtime available here; torch only with a checkpoint to run, ``ckpt`` or the one
+    the model's spec names, beside the model (where the torch runner looks), since without
+    one its row could only say so."""
+    from runtimes.adapters import available_providers
+
+    providers = available_providers()
+    if "torch" in providers and ckpt is None:
+        name = ModelSpec.from_onnx(model).checkpoint_name
+        if not name or not (model.parent / name).is_file():
+            providers.remove("torch")
+    return providers
+
+
+def _sources(stack: contextlib.ExitStack, args) -> tuple[dict[str, tuple[Path, ModelSpec | None]], list[str], list[str]]:
+    """({file precision: (model file, its spec or None to read it from the file)}, default
+    providers, default precisions): the bundle's models and provider preference (opened for
+    as long as ``stack`` lasts), or ``--model``, its variants beside it and what runs here."""
+    from runtimes.spec import require_model, variant_path
+    from runtimes.tolerances import BY_PRECISION
+
+    if args.bundle is not None:
+        from runtimes.bundle import open_bundle
+
+        opened = stack.enter_context(open_bundle(args.bundle))
+        return {p: (m.path, m.spec) for p, m in opened.models.items()}, list(opened.providers), list(opened.models)
+    require_model(args.model)
+    models = {p: (variant_path(args.model, p), None) for p in BY_PRECISION if p not in RUNTIME_PRECISIONS}
+    return models, default_providers(args.model, args.ckpt), ["fp32"]
+
+
+def hardware_limit(model: Path, threads: int) -> dict[str, Any]:
+    """FLOPs per image, the measured GEMM peak and the bound they give; or a note saying why not."""
+    from runtimes.roofline import LimitUnavailable, gemm_peak_gflops, model_flops
+
+    try:
+        flops = model_flops(model)
+        peak = gemm_peak_gflops(threads)
+    except LimitUnavailable as exc:
+        return {"limit_note": str(exc)}
+    return {"flops_per_image": flops, "gemm_peak_gflops": round(peak, 1), "bound_ms_per_image": round(flops / peak / 1e6, 3)}
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from runtimes.tolerances import BY_PRECISION
+
+    parser = argparse.ArgumentParser(prog="python -m runtimes.bench", description=" ".join(__doc__.split("\n\n")[0].split()))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"ONNX model (default: {DEFAULT_MODEL})")
+    source.add_argument("--bundle", type=Path, help="a bundle folder or .tar.gz: its models, on its providers by default")
+    parser.add_argument("--providers", help="comma-separated runtimes (default: every one available here; torch only "
+                        "with a checkpoint; with --bundle, the bundle's)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument(
-        "--precisions", default="fp32",
-        help="fp32; variant files beside the model: fp16, int8; OpenVINO's bf16 inference (default: fp32)",
+        "--precisions",
+        help="fp32; variant files beside the model: fp16, int8; OpenVINO's bf16 inference "
+             "(default: fp32; with --bundle, every model it holds)",
     )
     parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per row (default: 50)")
     parser.add_argument("--seconds", type=float, help="time budget per row instead of --iterations")
@@ -317,38 +366,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write latency and throughput per runtime and batch to this PNG")
     args = parser.parse_args(argv)
     try:
-        batch_sizes = _csv(args.batch_sizes, int)
+        args.batch_sizes = _csv(args.batch_sizes, int)
     except ValueError:
         parser.error(f"argument --batch-sizes: not a list of integers: {args.batch_sizes!r}")
-    if not batch_sizes or min(batch_sizes) < 1:
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
         parser.error("argument --batch-sizes: must be at least 1")
     if args.seconds is not None and args.seconds <= 0:
         parser.error("argument --seconds: must be positive")
-
-    from runtimes.adapters import runner_class
-    from runtimes.adapters.ort_common import physical_cores
-    from runtimes.roofline import cpu_info, gemm_peak_gflops, model_flops
-    from runtimes.spec import require_model, variant_path
-    from runtimes.tolerances import BY_PRECISION
-    from runtimes.versions import package_versions
-
-    require_model(args.model)
-    providers, precisions = _csv(args.providers), _csv(args.precisions)
-    for provider in providers:  # a typo fails before minutes of measuring, not after
-        runner_class(provider)
-    for precision in precisions:
-        if precision not in BY_PRECISION:
-            parser.error(f"argument --precisions: unknown {precision!r}; known: {', '.join(BY_PRECISION)}")
+    unknown = [p for p in _csv(args.precisions or "") if p not in BY_PRECISION]
+    if unknown:
+        parser.error(f"argument --precisions: unknown {unknown[0]!r}; known: {', '.join(BY_PRECISION)}")
     if args.images is not None and not args.images.is_dir():
         parser.error(f"argument --images: {args.images} is not a folder")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        models, providers, precisions = _sources(stack, args)
+        report = _bench(args, models, _csv(args.providers) if args.providers else providers,
+                        _csv(args.precisions) if args.precisions else precisions)
+    print(json.dumps(report, indent=2) if args.json else _markdown(report))
+    if args.plot:
+        _plot(report, args.plot)
+    return 0
+
+
+def _bench(args, models: dict[str, tuple[Path, ModelSpec | None]], providers: list[str], precisions: list[str]) -> dict[str, Any]:
+    """The report: every (precision, provider, batch size) row, the hardware limit, files, cold start."""
+    from runtimes.adapters import runner_class
+    from runtimes.adapters.ort_common import physical_cores
+    from runtimes.roofline import cpu_info
+    from runtimes.versions import package_versions
+
+    for provider in providers:  # a typo fails before minutes of measuring, not after
+        runner_class(provider)
+    fp32 = models.get("fp32", next(iter(models.values())))[0]
     threads = physical_cores()
-    plan = [(p, prec, b) for prec in precisions for p in providers for b in batch_sizes]
-    progress = Progress(len(plan) * args.rounds + 2 + (args.images is not None) + (not args.no_cold_start))
+    plan = [(p, prec, b) for prec in precisions for p in providers for b in args.batch_sizes]
+    progress = Progress(len(plan) * args.rounds + 1 + (args.images is not None) + (not args.no_cold_start))
     progress.step("counting FLOPs and measuring the GEMM peak")
-    flops = model_flops(args.model)
-    peak = gemm_peak_gflops(threads)
-    bound_ms = flops / (peak * 1e9) * 1e3
+    limit = hardware_limit(fp32, threads)
     measured: dict[tuple[str, str, int], list] = {item: [] for item in plan}  # per round: (row, times)
     for round_ in range(args.rounds):
         # Every other round runs the plan backwards, so a slow spell on a shared machine
@@ -358,71 +417,72 @@ def main(argv: list[str] | None = None) -> int:
             earlier = measured[(provider, precision, batch)]
             if any(times is None for _, times in earlier):
                 continue  # skipped once: the whole row is
-            path = variant_path(args.model, "fp32" if precision in RUNTIME_PRECISIONS else precision)
-            if provider == "torch" and precision != "fp32":
-                result = {"provider": provider, "batch_size": batch, "skipped": "the PyTorch reference runs fp32 only"}, None
-            elif precision in RUNTIME_PRECISIONS and provider != "openvino":
-                result = {"provider": provider, "batch_size": batch, "skipped": f"{precision} is an OpenVINO inference precision"}, None
-            elif not path.is_file():
-                result = {"provider": provider, "batch_size": batch, "skipped": f"no {precision} variant at {path}"}, None
-            else:
-                options = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
-                if precision in RUNTIME_PRECISIONS:
-                    options["precision"] = precision
-                result = _measure(provider, path, batch, args.iterations, args.warmup, args.seconds, options)
-            earlier.append(result)
+            earlier.append(_row(args, models, provider, precision, batch))
     rows = []
     for (provider, precision, batch), results in measured.items():
         skipped = next((row for row, times in results if times is None), None)
         row = skipped or _summary(results[0][0], [times for _, times in results])
         row["precision"] = precision
         if skipped is None:
-            row["of_limit"] = round(bound_ms / (row["median_ms"] / batch), 3)
+            if "bound_ms_per_image" in limit:
+                row["of_limit"] = round(limit["bound_ms_per_image"] / (row["median_ms"] / batch), 3)
             row.update(_speedup(results, measured.get((BASELINE[0], BASELINE[1], batch))))
         rows.append(row)
     report: dict[str, Any] = {
-        "model": str(args.model),
+        "model": str(args.bundle or args.model),
         "machine": cpu_info(),
         "threads": threads,
         "versions": package_versions("onnxruntime-gpu", "onnxruntime", "openvino", "opencv-python-headless", "numpy", "pillow", "torch"),
-        "flops_per_image": flops,
-        "gemm_peak_gflops": round(peak, 1),
-        "bound_ms_per_image": round(bound_ms, 3),
+        **limit,
         "rows": rows,
     }
     if args.images is not None:
         progress.step(f"throughput from the files in {args.images}")
-        report["files"] = _files_report(args, providers, rows)
+        report["files"] = _files_report(args, fp32, providers, rows)
     if not args.no_cold_start:
         progress.step("cold start")
-        report["cold_start"] = cold_start(args.model)
+        report["cold_start"] = cold_start(["--bundle", str(args.bundle)] if args.bundle else ["--model", str(args.model)])
     progress.clear()
-    print(json.dumps(report, indent=2) if args.json else _markdown(report))
-    if args.plot:
-        _plot(report, args.plot)
-    return 0
+    return report
 
 
-def _files_report(args, providers: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _row(args, models: dict[str, tuple[Path, ModelSpec | None]], provider: str, precision: str, batch: int) -> tuple:
+    """One round of one row: (row, seconds per call), or (row with the reason it is skipped, None)."""
+    path, spec = models.get("fp32" if precision in RUNTIME_PRECISIONS else precision, (None, None))
+    skipped = {"provider": provider, "batch_size": batch}
+    if provider == "torch" and precision != "fp32":
+        return {**skipped, "skipped": "the PyTorch reference runs fp32 only"}, None
+    if precision in RUNTIME_PRECISIONS and provider != "openvino":
+        return {**skipped, "skipped": f"{precision} is an OpenVINO inference precision"}, None
+    if path is None:
+        return {**skipped, "skipped": f"the bundle holds no {precision} model (it has: {', '.join(models)})"}, None
+    if not path.is_file():
+        return {**skipped, "skipped": f"no {precision} variant at {path}"}, None
+    options: dict[str, Any] = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
+    if precision in RUNTIME_PRECISIONS:
+        options["precision"] = precision
+    return _measure(provider, path, batch, args.iterations, args.warmup, args.seconds, options, spec=spec)
+
+
+def _files_report(args, model: Path, providers: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     from runtimes.classifier import default_workers
     from runtimes.errors import ImageError
     from runtimes.files_bench import decode_only, run_cli
     from runtimes.preprocess import find_images
-    from runtimes.spec import ModelSpec
 
     provider = next((p for p in providers if p != "torch"), "cpu")
     files = find_images(args.images)
     if not files:
         raise ImageError(f"--images {args.images} holds no images")
     batch = args.files_batch_size
-    decode = decode_only(files, ModelSpec.from_onnx(args.model), exact=args.exact, workers=default_workers(),
+    decode = decode_only(files, ModelSpec.from_onnx(model), exact=args.exact, workers=default_workers(),
                          max_pixels=args.max_pixels)
     inference = next((r for r in rows if r["provider"] == provider and r["precision"] == "fp32"
                       and r["batch_size"] == batch and "skipped" not in r), None)
     if inference is None:
-        inference = bench_runtime(provider, args.model, batch_size=batch, iterations=10, warmup=2)
+        inference = bench_runtime(provider, model, batch_size=batch, iterations=10, warmup=2)
     bound = 1 / (1 / decode["images_per_s"] + 1 / inference["images_per_s"])
-    run = run_cli(args.model, args.images, provider=provider, batch_size=batch, exact=args.exact, max_pixels=args.max_pixels)
+    run = run_cli(model, args.images, provider=provider, batch_size=batch, exact=args.exact, max_pixels=args.max_pixels)
     return {
         "folder": str(args.images),
         "images": len(files),
@@ -435,7 +495,6 @@ def _files_report(args, providers: list[str], rows: list[dict[str, Any]]) -> dic
         "runtimes_run": run,
         "of_bound": round(run["images_per_s"] / bound, 3) if "images_per_s" in run else None,
     }
-
 
 if __name__ == "__main__":
     run_cli(main)

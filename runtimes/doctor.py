@@ -1,23 +1,37 @@
 """What can run here: library versions, which runtimes really work, which GPU libraries are missing.
 
-    python -m runtimes.doctor
+    python -m runtimes.doctor [--model M | --bundle DIR|DIR.tar.gz]
 
 Every runtime is proven by loading a tiny model through its real adapter and running
 it, not by trusting ``onnxruntime.get_available_providers()`` (which lists CUDA
-whenever onnxruntime-gpu is installed, GPU or not). Torch versions are read from
-package metadata, so torch is never imported.
+whenever onnxruntime-gpu is installed, GPU or not). With ``--model`` (and the variants
+beside it) or ``--bundle``, each model file is also loaded on each runtime available
+here, a load that runs one image: whether a runtime runs a variant can depend on its
+version and the CPU (OpenCV 5.1 imports an fp16 file on a CPU with AVX512-FP16, then
+fails to run it; on others it refuses it at import), so the doctor tries rather than
+claims. Nothing here needs torch or the ``onnx`` package: torch's version is read from
+package metadata, and the tiny model is written by ``runtimes.graph``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import tempfile
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtimes.cli import run_cli
 from runtimes.errors import first_line
 from runtimes.versions import package_versions
+
+if TYPE_CHECKING:
+    from runtimes.spec import ModelSpec
+
+# A model to load: (the name it is reported under, its file, its spec or None to read it from the file).
+ModelFile = tuple[str, Path, "ModelSpec | None"]
 
 # Library -> the distributions that may provide it, preferred first.
 DISTRIBUTIONS = {
@@ -42,25 +56,16 @@ def library_versions() -> dict[str, str]:
 
 def write_tiny_model(path: Path) -> Path:
     """An N x 3 x 2 x 2 -> N x 3 global-average-pool model carrying this toolkit's metadata."""
-    import onnx
-    from onnx import TensorProto, helper
-
+    from runtimes.graph import FLOAT, Tensor, model_bytes
     from runtimes.spec import METADATA_KEY, ModelSpec
 
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["logits"]),
-        ],
-        "doctor",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, TINY_SIZE, TINY_SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every runtime version this toolkit supports
     spec = ModelSpec(labels=("r", "g", "b"), resize_size=TINY_SIZE, crop_size=TINY_SIZE)
-    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
-    onnx.save(model, str(path))
+    path.write_bytes(model_bytes(
+        [("GlobalAveragePool", ["input"], ["pooled"]), ("Flatten", ["pooled"], ["logits"])],
+        [Tensor("input", FLOAT, ("batch", 3, TINY_SIZE, TINY_SIZE))],
+        [Tensor("logits", FLOAT, ("batch", 3))],
+        {METADATA_KEY: spec.to_json()},
+    ))
     return path
 
 
@@ -115,9 +120,46 @@ def precision_report() -> list[str]:
         lines.append(f"openvino  {', '.join(supported)} (OpenVINO's CPU capabilities{', ' + '/'.join(bf16) if bf16 else ''}){note}")
     except Exception as exc:  # not installed, or no CPU plugin
         lines.append(f"openvino  unavailable: {type(exc).__name__}: {first_line(exc)}")
-    lines.append("opencv    fp32; int8 (QDQ) imports but is not fast (runtimes.bench --precisions fp32,int8); "
-                 "the fp16 variant made by ONNX Runtime's converter does not import")
+    lines.append("opencv    fp32; whether it runs the fp16 and int8 variants depends on its version and the CPU: "
+                 "`python -m runtimes.doctor --model M` (or --bundle B) loads each one here")
     return lines
+
+
+def model_files(stack: contextlib.ExitStack, model: Path | None, bundle: Path | None) -> list[ModelFile]:
+    """Each model to try: ``model`` and the precision variants
+    beside it (``<stem>.fp16.onnx``, ...), or every model in ``bundle`` (open while ``stack`` lasts)."""
+    from runtimes.spec import require_model, variant_path
+    from runtimes.tolerances import BY_PRECISION
+
+    if bundle is not None:
+        from runtimes.bundle import open_bundle
+
+        opened = stack.enter_context(open_bundle(bundle))
+        return [(f"{m.precision}  {m.path.relative_to(opened.root)}", m.path, m.spec) for m in opened.models.values()]
+    require_model(model)
+    found = {variant_path(model, precision) for precision in BY_PRECISION} - {model}
+    return [(model.name, model, None)] + [(path.name, path, None) for path in sorted(found) if path.is_file()]
+
+
+def probe_models(models: list[ModelFile]) -> dict[str, dict[str, str]]:
+    """``{name: {provider: "ok: ..." or "failed: <the one-line reason>"}}``: each model loaded,
+    which runs one image, on each runtime available here (torch needs a checkpoint, not a file)."""
+    from runtimes.adapters import available_providers, create_runner
+    from runtimes.errors import ToolkitError
+
+    providers = [p for p in available_providers() if p != "torch"]
+    results: dict[str, dict[str, str]] = {}
+    for name, path, spec in models:
+        results[name] = {}
+        for provider in providers:
+            started = time.perf_counter()
+            try:
+                with create_runner(provider, path, spec) as runner:
+                    detail = ", ".join(runner.active_providers())
+                results[name][provider] = f"ok: {detail}, loaded and ran an image in {time.perf_counter() - started:.2f} s"
+            except ToolkitError as exc:
+                results[name][provider] = f"failed: {exc}"
+    return results
 
 
 def gpu_report() -> list[str]:
@@ -135,7 +177,20 @@ def gpu_report() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m runtimes.doctor", description=__doc__.splitlines()[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m runtimes.doctor", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="also load this model and each variant beside it on every runtime here")
+    source.add_argument("--bundle", type=Path, help="also load each model of this bundle (folder or .tar.gz) on every runtime")
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        # Opened first: a missing model or a damaged bundle is one line, before any report.
+        models = model_files(stack, args.model, args.bundle) if args.model or args.bundle else []
+        report(models)
+    return 0
+
+
+def report(models: list[ModelFile]) -> None:
+    """Print every section; ``models`` (from :func:`model_files`) are loaded on each runtime."""
     from runtimes.adapters.nvidia import CUDA_FIX
 
     print("libraries")
@@ -149,13 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     print("precisions on this CPU")
     for line in precision_report():
         print(f"  {line}")
+    if not models:
+        print("models: none given; `--model M` or `--bundle B` loads each precision variant on each runtime here")
+    else:
+        print("models (each loaded on each runtime here, running one image)")
+        for name, by_provider in probe_models(models).items():
+            print(f"  {name}")
+            for provider, result in by_provider.items():
+                print(f"    {provider:<9} {result}")
     print("NVIDIA (onnxruntime-gpu 1.31 expects CUDA 13, cuDNN 9, TensorRT 10)")
     for line in gpu_report():
         print(f"  {line}")
     if not results["cuda"].startswith("ok"):
         print(f"fix for cuda: {CUDA_FIX}")
-    return 0
-
 
 if __name__ == "__main__":
     run_cli(main)

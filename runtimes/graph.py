@@ -56,12 +56,38 @@ def read_graph_io(model: str | Path | bytes) -> GraphIO:
     A file is memory-mapped: only the pages holding field headers are read (the weights
     are skipped): 1-6 ms for the demo model, where reading all its 24 MB takes 36.
     """
+    return _parse(model, _graph_io)
+
+
+@dataclass(frozen=True)
+class Node:
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: dict[str, int | str | tuple[int, ...]]  # the int, ints and string ones; float ones are left out
+
+
+@dataclass(frozen=True)
+class Graph:
+    io: GraphIO
+    nodes: tuple[Node, ...]  # in the file's order: topological as ONNX asks, unless a converter appended some (roofline sorts)
+    initializers: dict[str, tuple[int, ...]]  # name -> dims; the weights themselves are not read
+
+
+def read_graph(model: str | Path | bytes) -> Graph:
+    """:func:`read_graph_io` plus the nodes and the initializers' dims, for counting a model's
+    FLOPs without the ``onnx`` package (``runtimes.roofline``). Weights are skipped by length."""
+    return _parse(model, _graph)
+
+
+def _parse(model: str | Path | bytes, parse):
+    """``parse`` of the model's bytes (a file is memory-mapped); a ModelSpecError if unreadable."""
     source = "model bytes" if isinstance(model, bytes) else str(model)
     try:
         if isinstance(model, bytes):
-            return _graph_io(model)
+            return parse(model)
         with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _graph_io(mapped)
+            return parse(mapped)
     except OSError as exc:
         raise ModelSpecError(f"cannot read {source}: {exc.strerror or exc}") from None
     except (IndexError, ValueError, UnicodeDecodeError, TypeError) as exc:  # TypeError: a field of another wire type
@@ -82,6 +108,49 @@ def _graph_io(buf: bytes | mmap.mmap) -> GraphIO:
     inputs = [_tensor(buf, v) for n, v in fields if n == 11]
     outputs = [_tensor(buf, v) for n, v in fields if n == 12]
     return GraphIO(tuple(t for t in inputs if t.name not in initializers), tuple(outputs), metadata)
+
+
+def _graph(buf: bytes | mmap.mmap) -> Graph:
+    graph = next((v for n, v in _fields(buf, (0, len(buf))) if n == 7), None)  # ModelProto.graph
+    fields = list(_fields(buf, graph)) if graph else []
+    nodes = tuple(_node_read(buf, v) for n, v in fields if n == 1)  # GraphProto.node
+    initializers = {}
+    for tensor in (v for n, v in fields if n == 5):  # GraphProto.initializer: TensorProto dims (1), name (8)
+        initializers[_string(buf, tensor, 8)] = _ints(buf, [v for n, v in _fields(buf, tensor) if n == 1])
+    return Graph(_graph_io(buf), nodes, initializers)
+
+
+def _node_read(buf: bytes | mmap.mmap, node: tuple[int, int]) -> Node:
+    """NodeProto: input (1), output (2), op_type (4), attribute (5)."""
+    fields = list(_fields(buf, node))
+    text = {n: [_text(buf, v) for m, v in fields if m == n] for n in (1, 2, 4)}
+    attributes = {}
+    for attribute in (v for n, v in fields if n == 5):
+        # AttributeProto: name (1), i (3), s (4), ints (8); the float (2) and tensor (5) kinds are not needed
+        values = list(_fields(buf, attribute))
+        ints = [v for n, v in values if n == 8]
+        one = [_ints(buf, [v])[0] for n, v in values if n == 3] + [_text(buf, v) for n, v in values if n == 4]
+        if ints or one:
+            attributes[_string(buf, attribute, 1)] = _ints(buf, ints) if ints else one[0]
+    return Node(text[4][0] if text[4] else "", tuple(text[1]), tuple(text[2]), attributes)
+
+
+def _text(buf: bytes | mmap.mmap, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0] : span[1]]).decode()
+
+
+def _ints(buf: bytes | mmap.mmap, values: list) -> tuple[int, ...]:
+    """A repeated int64 field's values, each a varint or a span of packed varints, as signed ints."""
+    found = []
+    for value in values:
+        if isinstance(value, tuple):
+            pos, end = value
+            while pos < end:
+                number, pos = _varint(buf, pos)
+                found.append(number)
+        else:
+            found.append(value)
+    return tuple(v - (1 << 64) if v >= 1 << 63 else v for v in found)
 
 
 def check_spec(spec: ModelSpec, graph: GraphIO, source: str, fix: str = "fix the spec with `python -m converters.annotate`") -> None:
@@ -174,3 +243,57 @@ def _dim(buf: bytes | mmap.mmap, dimension: tuple[int, int]) -> int | str:
         if number == 2:
             return bytes(buf[value[0] : value[1]]).decode()
     return "?"
+
+
+# The writing side, for the few tiny graphs this toolkit builds itself (doctor's probe,
+# roofline's GEMM): a device has no ``onnx`` package to build them with.
+def model_bytes(
+    nodes: list[tuple[str, list[str], list[str]]],
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    metadata: dict[str, str] | None = None,
+    *,
+    opset: int = 17,
+    ir_version: int = 8,
+) -> bytes:
+    """A serialized ModelProto: nodes as (op_type, inputs, outputs) without attributes, in the
+    default domain at ``opset``. IR 8 and opset 17 load on every runtime this toolkit supports."""
+    graph = b"".join(_message(1, _node_bytes(*node)) for node in nodes) + _message(2, b"graph")
+    graph += b"".join(_message(11, _value_info(t)) for t in inputs)
+    graph += b"".join(_message(12, _value_info(t)) for t in outputs)
+    model = _int(1, ir_version) + _message(7, graph) + _message(8, _message(1, b"") + _int(2, opset))
+    for key, value in (metadata or {}).items():
+        model += _message(14, _message(1, key.encode()) + _message(2, value.encode()))
+    return model
+
+
+def _node_bytes(op_type: str, inputs: list[str], outputs: list[str]) -> bytes:
+    """NodeProto: input (1), output (2), op_type (4)."""
+    names = b"".join(_message(1, n.encode()) for n in inputs) + b"".join(_message(2, n.encode()) for n in outputs)
+    return names + _message(4, op_type.encode())
+
+
+def _value_info(tensor: Tensor) -> bytes:
+    """ValueInfoProto, the mirror of :func:`_tensor`."""
+    shape = b"".join(_message(1, _message(2, d.encode()) if isinstance(d, str) else _int(1, d)) for d in tensor.dims or ())
+    tensor_type = _int(1, tensor.elem_type) + (_message(2, shape) if tensor.dims is not None else b"")
+    return _message(1, tensor.name.encode()) + _message(2, _message(1, tensor_type))
+
+
+def _int(number: int, value: int) -> bytes:
+    """A varint field (wire type 0); ``value`` is a non-negative int."""
+    return _encode_varint(number << 3) + _encode_varint(value)
+
+
+def _message(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): a string, bytes or an embedded message."""
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

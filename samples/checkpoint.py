@@ -1,4 +1,4 @@
-"""The embedded demo checkpoint: a real paper-layout GoogLeNet trained on CPU in about a minute.
+"""The embedded demo checkpoint: a real paper-layout GoogLeNet trained on CPU in under a minute.
 
 Full training at 224 px costs about 1.4 s per batch of 16 on two cores, so the build
 trains only what a frozen random trunk leaves to learn:
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         print(f"{args.out} exists; pass --force to rebuild it")
         return 0
     print(f"building {args.out}: {N_TRAIN} training images through GoogLeNet, then {EPOCHS} epochs of its heads "
-          "(about a minute on 2 idle cores)", flush=True)
+          "(25 s on 2 cores, up to a minute when they are busy)", flush=True)
     metrics = build_checkpoint(args.out)
     print(
         f"built {args.out} in {metrics['build_s']:.1f} s; held-out top-1 on {metrics['n_heldout']} images: "

@@ -1,7 +1,7 @@
 """``make demo``: the toolkit's whole job on a fresh clone, with nothing to download.
 
 1. build the embedded demo checkpoint if absent (``python -m samples.checkpoint``,
-   about a minute; cached as ``artifacts/googlenet_demo.pth`` afterwards, beside the
+   under a minute; cached as ``artifacts/googlenet_demo.pth`` afterwards, beside the
    model, where the torch reference runner finds it);
 2. ``python -m converters.export`` it, labelled with the class names saved in it, to the default model path
    the runtimes read (``artifacts/googlenet.onnx``), parity-checked against PyTorch;

@@ -59,7 +59,7 @@ def test_manifest_lists_every_file_with_its_hash(bundle):
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
     assert set(manifest["files"]) == on_disk
     assert {"models/googlenet.onnx", "models/googlenet.fp16.onnx", "reference.npz", "labels.txt", "requirements.txt"} <= on_disk
-    assert [m["precision"] for m in manifest["models"]] == ["fp16", "fp32"]  # the named variant runs by default
+    assert [m["precision"] for m in manifest["models"]] == ["fp32", "fp16"]  # fp32 runs by default unless --default names a variant
     assert manifest["providers"] == ["cpu", "opencv"] and manifest["format"] == FORMAT
     requirements = (folder / "requirements.txt").read_text()
     assert "torch" not in requirements and "onnxruntime==" in requirements and "./wheels/googlenet_deploy_runtime-" in requirements
@@ -72,10 +72,11 @@ def test_rebuilding_gives_the_same_tarball(model_with_variant, bundle, tmp_path)
     assert again.read_bytes() == bundle[1].read_bytes()
 
 
-def test_fresh_venv_with_only_the_requirements_verifies_and_classifies(bundle, tmp_path):
+def test_fresh_venv_with_only_the_requirements_runs_every_device_tool(bundle, tmp_path):
     """The whole device story: empty venv, `pip install -r requirements.txt` inside the
-    bundle, then verify and run from a folder outside the repository."""
-    folder, _ = bundle
+    bundle (no torch, no onnx package), then doctor, bench, verify and run from a folder
+    outside the repository."""
+    folder, tarball = bundle
     env_dir = tmp_path / "venv"
     started = time.perf_counter()
     venv.create(env_dir, with_pip=True)
@@ -86,6 +87,7 @@ def test_fresh_venv_with_only_the_requirements_verifies_and_classifies(bundle, t
         cwd=folder, capture_output=True, text=True, timeout=600, env=env,
     )
     assert install.returncode == 0, install.stderr
+    installed = time.perf_counter()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     verify = _cli("runtimes.verify", "--bundle", str(folder), python=python, cwd=elsewhere)
@@ -93,8 +95,9 @@ def test_fresh_venv_with_only_the_requirements_verifies_and_classifies(bundle, t
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "verified" in verify.stdout.splitlines()[-1] and "fp16" in verify.stdout and "fp32" in verify.stdout
 
-    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, cwd=elsewhere)
-    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    for module in ("torch", "onnx"):
+        missing = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True, cwd=elsewhere)
+        assert missing.returncode != 0 and f"No module named '{module}'" in missing.stderr
     where = subprocess.run([python, "-c", "import runtimes; print(runtimes.__file__)"], capture_output=True, text=True, cwd=elsewhere)
     assert str(env_dir) in where.stdout, "runtimes must come from the bundle's wheel, not the checkout"
 
@@ -110,6 +113,51 @@ def test_fresh_venv_with_only_the_requirements_verifies_and_classifies(bundle, t
         for a, b in zip(on_device, here):
             assert [s["label"] for s in a["topk"]] == [s["label"] for s in b["topk"]]
             assert a["topk"][0]["prob"] == pytest.approx(b["topk"][0]["prob"], abs=1e-6)
+
+    doctor = _cli("runtimes.doctor", "--bundle", str(tarball), python=python, cwd=elsewhere)
+    assert doctor.returncode == 0 and doctor.stderr == "", doctor.stderr
+    assert "  onnx         not installed" in doctor.stdout and "  torch        not installed" in doctor.stdout
+    assert "  cpu       ok: CPUExecutionProvider" in doctor.stdout and "  opencv    ok: OpenCV:CPU" in doctor.stdout
+    for model in ("fp16  models/googlenet.fp16.onnx", "fp32  models/googlenet.onnx"):
+        assert f"\n  {model}\n    cpu       ok: CPUExecutionProvider, loaded and ran an image in " in doctor.stdout
+    bench = _cli("runtimes.bench", "--bundle", str(folder), "--providers", "cpu", "--iterations", "3", "--warmup", "1",
+                 "--no-cold-start", "--json", python=python, cwd=elsewhere)
+    assert bench.returncode == 0 and bench.stderr == "", bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["flops_per_image"] > 1e9 and "torch" not in report["versions"]
+    with open_bundle(folder) as opened:
+        precisions = list(opened.models)
+    assert sorted(precisions) == ["fp16", "fp32"]
+    assert [(r["provider"], r["precision"], r["runs_on"]) for r in report["rows"]] == [
+        ("cpu", precision, ["CPUExecutionProvider"]) for precision in precisions]
+    assert all(r["calls"] == 3 and r["median_ms"] > 0 for r in report["rows"])
+    print(f"install {installed - started:.1f} s, then verify, run, doctor and bench {time.perf_counter() - installed:.1f} s")
+
+
+def test_bench_measures_each_model_of_a_bundle_on_its_providers(bundle, capsys):
+    """By default: every precision the bundle holds, on the bundle's provider preference."""
+    from runtimes.bench import main as bench
+
+    _, tarball = bundle
+    assert bench(["--bundle", str(tarball), "--iterations", "1", "--warmup", "0", "--no-cold-start", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    with open_bundle(tarball) as opened:
+        expected = [(p, precision) for precision in opened.models for p in opened.providers]
+    assert [(r["provider"], r["precision"]) for r in report["rows"]] == expected
+    assert report["model"] == str(tarball)
+    cpu = [r for r in report["rows"] if r["provider"] == "cpu"]
+    assert [r["runs_on"] for r in cpu] == [["CPUExecutionProvider"]] * len(opened.models)
+    assert all(0 < r["of_limit"] for r in cpu) and cpu[[r["precision"] for r in cpu].index("fp32")]["speedup"] == 1.0
+
+
+def test_bench_of_a_bundle_without_the_asked_precision_skips_that_row(bundle, capsys):
+    from runtimes.bench import main as bench
+
+    folder, _ = bundle
+    assert bench(["--bundle", str(folder), "--providers", "cpu", "--precisions", "int8", "--iterations", "1",
+                  "--no-cold-start", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["skipped"].startswith("the bundle holds no int8 model (it has: ") and "fp16" in row["skipped"]
 
 
 def test_one_changed_byte_is_refused_by_name(bundle, tmp_path):

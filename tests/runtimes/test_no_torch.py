@@ -70,6 +70,40 @@ def test_doctor_without_torch():
     assert "torch     unavailable: PyTorch is not installed" in result.stdout
 
 
+# A bundle installs neither torch nor the onnx package: the commands a device runs first
+# must not need them (doctor's probe model and bench's FLOP count once did).
+BLOCK_ONNX = "sys.modules['onnx'] = None\n"
+
+
+def run_on_device_install(module: str, *args: str) -> subprocess.CompletedProcess:
+    code = BLOCK_ONNX + f"import runpy; sys.argv = [{module!r}, *sys.argv[1:]]; runpy.run_module({module!r}, run_name='__main__')"
+    return run_without_torch(code, *args)
+
+
+def test_doctor_and_bench_need_neither_torch_nor_onnx(demo_export):
+    doctor = run_on_device_install("runtimes.doctor", "--model", str(demo_export.path))
+    assert doctor.returncode == 0 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "  cpu       ok: CPUExecutionProvider" in doctor.stdout
+    assert f"  {demo_export.path.name}\n    cpu       ok: CPUExecutionProvider, loaded and ran an image" in doctor.stdout
+    bench = run_on_device_install("runtimes.bench", "--model", str(demo_export.path), "--providers", "cpu",
+                                  "--iterations", "2", "--warmup", "0", "--no-cold-start", "--json")
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["flops_per_image"] > 1e9 and report["gemm_peak_gflops"] > 0
+    (row,) = report["rows"]
+    assert row["provider"] == "cpu" and row["median_ms"] > 0 and row["of_limit"] > 0
+
+
+def test_verify_and_run_need_neither_torch_nor_onnx(demo_export):
+    verify = run_on_device_install("runtimes.verify", "--model", str(demo_export.path))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "verified" in verify.stdout.splitlines()[-1]
+    image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
+    run = run_on_device_install("runtimes.run", "--json", "--model", str(demo_export.path), str(image))
+    assert run.returncode == 0, run.stderr
+    assert "topk" in json.loads(run.stdout)
+
+
 def test_classify_without_torch(demo_export):
     image = sorted((REPO / "samples" / "images").glob("*.jpg"))[0]
     result = run_module_without_torch("runtimes.run", "--json", "--model", str(demo_export.path), str(image))
