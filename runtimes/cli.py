@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable
 
 from runtimes.errors import ParityError, ProviderError, ToolkitError
@@ -44,6 +45,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
         # console) is printed escaped, \u732b.jpg, instead of raising UnicodeEncodeError.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    # Pillow warns about the damage it reads past in a corrupt file (TIFF tags, EXIF) while
+    # sizing it; the file's own error line already says what is wrong with it.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
         status = main()
     except ParityError as exc:
