@@ -32,8 +32,8 @@ class TorchRunner(Runner):
         spec = self.spec
         if self.options["ckpt"]:
             return Path(self.options["ckpt"])
-        beside = self.model_path.parent / spec.checkpoint_name if spec.checkpoint_name else None
-        if beside is None or not beside.is_file():
+        beside = spec.checkpoint_beside(self.model_path)
+        if beside is None:
             recorded = f"{spec.checkpoint_name} (sha256 {spec.checkpoint_sha256[:12]}...)" if spec.checkpoint_name else "none"
             raise ProviderError(
                 f"torch: pass the checkpoint {self.model_path} was exported from with ckpt=PATH (--ckpt); "

@@ -59,10 +59,14 @@ REFUSALS = ((InvalidInput, 400, StatusCode.INVALID_ARGUMENT), (ModelNotFound, 40
             (ModelNotReady, 503, StatusCode.UNAVAILABLE))
 
 
-def is_binary(path: str, headers: dict[str, str]) -> bool:
-    """Whether a body is binary (the binary-tensor extension, or an image), not JSON."""
-    kind = headers.get("content-type", "").lower()
-    return path.startswith("/predictions/") or BINARY_HEADER in headers or kind.startswith(PLAIN_TYPES)
+def body_kind(headers: dict[str, str], path: str = "") -> str:
+    """"binary" (the binary-tensor extension), "image" (one image as the whole body: an image or
+    octet-stream Content-Type, or TorchServe's ``/predictions`` route) or "json"."""
+    if BINARY_HEADER in headers:
+        return "binary"
+    if path.startswith("/predictions/") or headers.get("content-type", "").lower().startswith(PLAIN_TYPES):
+        return "image"
+    return "json"
 
 
 class BodyTooLarge(Exception):
@@ -83,7 +87,7 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        binary = is_binary(scope["path"], headers)
+        binary = body_kind(headers, scope["path"]) != "json"
         limit = self.max_body if binary else self.max_json
         declared = headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
@@ -211,9 +215,10 @@ def decode_json(body: bytearray, model_name: str) -> InferRequest:
 
 def decode_rest(body: bytearray, headers: dict[str, str], model_name: str) -> InferRequest:
     """A REST v2 infer body as kserve's InferRequest; run in a worker thread, off the event loop."""
-    if BINARY_HEADER in headers:
+    kind = body_kind(headers)
+    if kind == "binary":
         return decode_binary(body, headers[BINARY_HEADER], model_name)
-    if headers.get("content-type", "").lower().startswith(PLAIN_TYPES):
+    if kind == "image":
         if model_name != IMAGE_MODEL:
             raise InvalidInput(f"a body of raw bytes without the {BINARY_HEADER} header is one image, for model "
                                f"{IMAGE_MODEL!r}; send {model_name!r} a JSON or binary-extension request")

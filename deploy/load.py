@@ -111,7 +111,7 @@ def load_run(infer, target: str, *, clients: int, requests: int, batch: np.ndarr
     except ToolkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - refused connection, unknown host, a 4xx from another server...
-        raise LoadError(f"the first request to {target} failed: {' '.join(first_line(exc).split())}") from None
+        raise LoadError(f"the first request to {target} failed: {first_line(exc)}") from None
     latencies: list[float] = []
     errors, wrong, first_error = 0, 0, None
     lock = threading.Lock()

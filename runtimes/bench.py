@@ -299,10 +299,8 @@ def default_providers(model: Path, ckpt: Path | None) -> list[str]:
     from runtimes.adapters import available_providers
 
     providers = available_providers()
-    if "torch" in providers and ckpt is None:
-        name = ModelSpec.from_onnx(model).checkpoint_name
-        if not name or not (model.parent / name).is_file():
-            providers.remove("torch")
+    if "torch" in providers and ckpt is None and ModelSpec.from_onnx(model).checkpoint_beside(model) is None:
+        providers.remove("torch")
     return providers
 
 

@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 from runtimes.errors import ParityError, ProviderError, ToolkitError
 
@@ -115,6 +115,18 @@ def runner_options(provider: str, *, lenient: bool = False, **given: object) -> 
             f"{names} {verb} not apply to provider {provider!r}; its options: {', '.join(ours) or 'none'}"
         )
     return options
+
+
+def options_for(providers: Sequence[str], **given: object) -> Callable[[str], dict[str, object]]:
+    """Each provider's options from the flags ``given``, for trying ``providers`` in order.
+
+    One provider asked for by name must take every flag set (checked here, before anything
+    loads); a bundle's list of several drops, for each, the flags it does not take.
+    """
+    lenient = len(providers) > 1
+    if not lenient:
+        runner_options(providers[0], **given)
+    return lambda provider: runner_options(provider, lenient=lenient, **given)
 
 
 def _flag(name: str) -> str:

@@ -150,7 +150,12 @@ def _ints(buf: bytes | mmap.mmap, values: list) -> tuple[int, ...]:
                 found.append(number)
         else:
             found.append(value)
-    return tuple(v - (1 << 64) if v >= 1 << 63 else v for v in found)
+    return tuple(map(_signed, found))
+
+
+def _signed(value: int) -> int:
+    """An int64 read as a varint (negative ones come as 64-bit two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def check_spec(spec: ModelSpec, graph: GraphIO, source: str, fix: str = "fix the spec with `python -m converters.annotate`") -> None:
@@ -219,8 +224,7 @@ def _fields(buf: bytes | mmap.mmap, span: tuple[int, int]):
 
 
 def _string(buf: bytes | mmap.mmap, message: tuple[int, int], number: int) -> str:
-    span = next((v for n, v in _fields(buf, message) if n == number), (0, 0))
-    return bytes(buf[span[0] : span[1]]).decode()
+    return _text(buf, next((v for n, v in _fields(buf, message) if n == number), (0, 0)))
 
 
 def _tensor(buf: bytes | mmap.mmap, value_info: tuple[int, int]) -> Tensor:
@@ -239,9 +243,9 @@ def _dim(buf: bytes | mmap.mmap, dimension: tuple[int, int]) -> int | str:
     """dim_value (1, an int64) or dim_param (2, a name); "?" when neither is set."""
     for number, value in _fields(buf, dimension):
         if number == 1:
-            return value - (1 << 64) if value >= 1 << 63 else value
+            return _signed(value)
         if number == 2:
-            return bytes(buf[value[0] : value[1]]).decode()
+            return _text(buf, value)
     return "?"
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli, runner_options
+from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, options_for, run_cli
 from runtimes.errors import ImageError, ProviderError
 from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
@@ -138,15 +138,12 @@ def classify(
     inputs = [read_stdin() if str(p) == STDIN else p for p in paths]  # read before the model loads
     with contextlib.ExitStack() as stack:
         model, spec, providers = model_to_run(stack, model, bundle, variant, provider)
-        lenient = len(providers) > 1  # one asked for by name: a flag it does not take is a mistake
-        if not lenient:
-            runner_options(providers[0], **given)  # before anything loads
+        options = options_for(providers, **given)
 
         def load(name: str) -> Classifier:
-            options = runner_options(name, lenient=lenient, **given)
             return Classifier(
                 model, name, batch_size=batch_size, spec=spec, exact=exact, workers=workers,
-                max_pixels=max_pixels, **options,
+                max_pixels=max_pixels, **options(name),
             )
 
         classifier, used, skipped = first_loadable(providers, load)

@@ -64,6 +64,12 @@ class ModelSpec:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    def checkpoint_beside(self, model: str | Path) -> Path | None:
+        """The source checkpoint named here, where the torch reference runner looks for it:
+        beside ``model``; None when none is named or it is not there."""
+        found = Path(model).parent / self.checkpoint_name if self.checkpoint_name else None
+        return found if found is not None and found.is_file() else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -107,7 +107,7 @@ def verify(
     from runtimes.adapters import create_runner
     from runtimes.bundle import first_loadable, open_bundle
     from runtimes.reference import Reference, reference_for
-    from runtimes.cli import runner_options
+    from runtimes.cli import options_for
     from runtimes.spec import ModelSpec
     from runtimes.tolerances import for_precision
 
@@ -127,14 +127,12 @@ def verify(
             providers = (provider or "cpu",)
             reference = Reference.load(reference_for(model, spec))
             header = f"model {model}"
-        lenient = len(providers) > 1  # as in runtimes.run: a flag for one named provider must fit it
-        if not lenient:
-            runner_options(providers[0], **given)
+        options = options_for(providers, **given)
         results, failed = [], False
         for path, spec, shown in models:
             tol = for_precision(spec.precision)  # the one rule: judged with, and printed
             runner, used, skipped = first_loadable(providers, lambda p: create_runner(
-                p, path, spec, batch_size=IMAGE_BATCH, **runner_options(p, lenient=lenient, **given)).load())
+                p, path, spec, batch_size=IMAGE_BATCH, **options(p)).load())
             with runner:
                 checks = check_runner(runner, reference, tol)
                 active = runner.active_providers()

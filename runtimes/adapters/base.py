@@ -117,7 +117,7 @@ class Runner(ABC):
             raise
         except Exception as exc:  # cv2.error, ORT's Fail, OpenVINO's RuntimeError, ...
             raise InferenceError(
-                f"{self.name}: cannot run {self.model_path}: {' '.join(first_line(exc).split())}"
+                f"{self.name}: cannot run {self.model_path}: {first_line(exc)}"
             ) from None
 
     def _infer_in_pieces(self, batch: "np.ndarray", size: int) -> "np.ndarray":
