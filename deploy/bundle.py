@@ -1,7 +1,7 @@
 """One folder to copy to a device: the model, its reference answers, and the runtime, without torch.
 
     python -m deploy.bundle --model artifacts/googlenet.onnx [--variants int8,fp16] [--default fp32]
-        [--target cpu|cuda|tensorrt|openvino|opencv] --out DIR
+        [--target cpu|cuda|tensorrt|openvino|opencv[,...]] --out DIR
 
 writes DIR and DIR.tar.gz holding::
 
@@ -13,7 +13,10 @@ writes DIR and DIR.tar.gz holding::
     labels.txt
     wheels/            this toolkit's torch-free runtime as a wheel
 
-On the device: ``python -m runtimes.verify --bundle DIR`` then ``python -m runtimes.run --bundle DIR IMAGES``.
+On the device: ``python -m runtimes.verify --bundle DIR``, ``python -m runtimes.tune --bundle DIR``
+(which picks the fastest configuration that still gives PyTorch's answers there), then
+``python -m runtimes.run --bundle DIR IMAGES``. ``--target cpu,openvino`` installs both
+runtimes, so the tuner has them to choose from.
 The model run there by default is the fp32 one unless ``--default`` names a variant: fp16
 is no faster on a CPU without fp16 arithmetic, and int8 trades accuracy for speed, so
 that choice is the user's, made where the target is known.
@@ -50,20 +53,36 @@ def _ort_version() -> str:
     return version
 
 
-def requirements(target: str) -> list[str]:
-    """Pinned requirement lines for ``target``: the versions this machine verified the model with."""
+def requirements(targets: list[str]) -> list[str]:
+    """Pinned requirement lines for ``targets``: the versions this machine verified the model with."""
     pins = [f"{name}=={package_version(name)}" for name in ("numpy", "opencv-python-headless", "pillow")]
-    if target == "cpu":
-        pins.append(f"onnxruntime=={_ort_version()}")
-    elif target in ("cuda", "tensorrt"):
+    if any(t in ("cuda", "tensorrt") for t in targets):
+        # Its CPU provider serves a cpu target too: the two packages cannot share one environment.
         # On Jetson, take onnxruntime-gpu from NVIDIA's Jetson wheels instead (not on PyPI for aarch64).
         pins.append(f"onnxruntime-gpu=={_ort_version()}; platform_machine == 'x86_64'")
-    elif target == "openvino":
+    elif "cpu" in targets:
+        pins.append(f"onnxruntime=={_ort_version()}")
+    if "openvino" in targets:
         version = package_version("openvino")
         if version is None:
             raise BundleError("cannot pin openvino for an openvino bundle: it is not installed here; pip install openvino")
         pins.append(f"openvino=={version}")
     return pins
+
+
+def providers_for(targets: list[str]) -> list[str]:
+    """The targets' own providers in the order given, then the fallbacks their requirements also install."""
+    return list(dict.fromkeys([*targets, *(p for t in targets for p in PROVIDERS[t])]))
+
+
+def parse_targets(text: str) -> list[str]:
+    """``"cpu,openvino"`` -> ["cpu", "openvino"]; a BundleError names an unknown one."""
+    targets = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in targets if t not in PROVIDERS]
+    if unknown or not targets:
+        raise BundleError(f"unknown target {unknown[0] if unknown else text!r}; known: {', '.join(PROVIDERS)} "
+                          "(several: --target cpu,openvino)")
+    return targets
 
 
 def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, ModelSpec]]:
@@ -88,7 +107,7 @@ def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, Mo
     return [("fp32", model, base), *entries]
 
 
-def _readme(target: str, providers: tuple[str, ...]) -> str:
+def _readme(target: str, providers: list[str]) -> str:
     return (
         f"# GoogLeNet bundle (target: {target})\n\n"
         "Everything the device needs, without torch. From inside this folder:\n\n"
@@ -96,9 +115,10 @@ def _readme(target: str, providers: tuple[str, ...]) -> str:
         "python3 -m venv .venv && . .venv/bin/activate\n"
         "pip install -r requirements.txt\n"
         "python -m runtimes.verify --bundle .          # same answers as PyTorch here?\n"
-        "python -m runtimes.run --bundle . photo.jpg   # classify\n"
+        "python -m runtimes.tune --bundle .            # the fastest configuration that still gives them (2 min)\n"
+        "python -m runtimes.run --bundle . photo.jpg   # classify, with the tuned choice\n"
         "```\n\n"
-        f"Providers tried in order: {', '.join(providers)}. `--provider NAME` picks one.\n"
+        f"Without tuning, providers are tried in order: {', '.join(providers)}. `--provider NAME` picks one.\n"
     )
 
 
@@ -106,7 +126,7 @@ def build_bundle(
     model: str | Path = DEFAULT_MODEL,
     out: str | Path = "artifacts/bundle",
     *,
-    target: str = "cpu",
+    target: str | list[str] = "cpu",
     variants: list[str] | tuple[str, ...] = (),
     default: str = "fp32",
 ) -> tuple[Path, Path]:
@@ -120,8 +140,8 @@ def build_bundle(
     from deploy.wheel import build_wheel
 
     model, out = Path(model), Path(out)
-    if target not in PROVIDERS:
-        raise BundleError(f"unknown target {target!r}; known: {', '.join(PROVIDERS)}")
+    targets = parse_targets(target) if isinstance(target, str) else parse_targets(",".join(target))
+    target, providers = ",".join(targets), providers_for(targets)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise BundleError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} (fp32 is always included)")
@@ -152,10 +172,10 @@ def build_bundle(
         (staging / "wheels" / wheel).write_bytes(data)
         (staging / "requirements.txt").write_text(
             f"# googlenet-deploy {runtimes.__version__} bundle, target {target}: pip install -r requirements.txt "
-            "(from inside this folder)\n" + "\n".join([*requirements(target), f"./wheels/{wheel}"]) + "\n",
+            "(from inside this folder)\n" + "\n".join([*requirements(targets), f"./wheels/{wheel}"]) + "\n",
             encoding="utf-8",
         )
-        (staging / "README.md").write_text(_readme(target, PROVIDERS[target]), encoding="utf-8")
+        (staging / "README.md").write_text(_readme(target, providers), encoding="utf-8")
         files = {
             p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }
@@ -163,7 +183,7 @@ def build_bundle(
             "format": FORMAT,
             "toolkit": runtimes.__version__,
             "target": target,
-            "providers": list(PROVIDERS[target]),
+            "providers": providers,
             "models": models,
             "reference": REFERENCE,
             "labels": "labels.txt",
@@ -217,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the exported fp32 model (default: {DEFAULT_MODEL})")
     parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)} (fp32 is always included)")
     parser.add_argument("--default", default="fp32", help="the precision the device runs unless told otherwise (default: fp32)")
-    parser.add_argument("--target", default="cpu", choices=list(PROVIDERS), help="where it will run (default: cpu)")
+    parser.add_argument("--target", default="cpu",
+                        help=f"where it will run: {', '.join(PROVIDERS)}, or several, comma-separated, for the tuner "
+                             "to choose from (default: cpu)")
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to write (DIR.tar.gz is written too)")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -228,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         f"target {args.target}, models {', '.join(m['precision'] for m in manifest['models'])} "
         f"({args.default} runs by default; --variant picks another), "
         f"providers {', '.join(manifest['providers'])}\n"
-        f"on the device: cd {folder.name} && pip install -r requirements.txt && python -m runtimes.verify --bundle ."
+        f"on the device: cd {folder.name} && pip install -r requirements.txt && python -m runtimes.verify --bundle . "
+        "&& python -m runtimes.tune --bundle ."
     )
     return 0
 

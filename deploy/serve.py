@@ -1,6 +1,6 @@
 """Serve a model over KServe's Open Inference Protocol (v2), REST and gRPC, on kserve's ModelServer.
 
-    python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR
+    python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR (its tuned choice, if any)
         [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081] [--provider cpu]
         [--max-batch 32] [--max-body-mb 64] [--max-json-mb 8] [--max-pixels N] [--threads N] [--replicas N]
 
@@ -95,21 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     check_port(args.host, args.grpc_port, "gRPC")
     from deploy import kserve_models as km  # kserve loads only now
     from deploy.kserve_server import HostModelServer
-    from runtimes.bundle import first_loadable, model_to_run
+    from runtimes.tuned import first_loadable, plan, skipped_line
 
     with contextlib.ExitStack() as stack:
-        model, spec, providers = model_to_run(stack, args.model or DEFAULT_MODEL, args.bundle, args.variant, args.provider)
-        options = {"threads": args.threads} if args.threads else {}
+        given = {"provider": args.provider, "variant": args.variant, "threads": args.threads}
+        attempts = plan(stack, model=args.model or DEFAULT_MODEL, bundle=args.bundle, given=given,
+                        say=lambda line: print(line, file=sys.stderr))
 
-        def load(provider: str) -> km.Engine:
-            engine = km.Engine(model, provider, spec=spec, max_batch=args.max_batch, max_pixels=args.max_pixels,
-                               options=options)
+        def load(attempt) -> km.Engine:
+            engine = km.Engine(attempt.model, attempt.provider, spec=attempt.spec, max_batch=args.max_batch,
+                               max_pixels=args.max_pixels, options=attempt.options)
             engine.classifier  # noqa: B018 - fail here, in one line, not in the server
             return engine
 
-        engine, provider, skipped = first_loadable(providers, load)
+        engine, used, skipped = first_loadable(attempts, load)
+        provider = used.label()
         for reason in skipped:
-            print(f"warning: {reason}; using the bundle's next provider", file=sys.stderr)
+            print(skipped_line(reason, used), file=sys.stderr)
         stack.callback(engine.close)
         if args.replicas:
             from deploy import ray_replicas

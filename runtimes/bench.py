@@ -394,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args, models: dict[str, tuple[Path, ModelSpec | None]], providers: list[str], precisions: list[str]) -> dict[str, Any]:
     """The report: every (precision, provider, batch size) row, the hardware limit, files, cold start."""
     from runtimes.adapters import runner_class
-    from runtimes.adapters.ort_common import physical_cores
-    from runtimes.roofline import cpu_info
+    from runtimes.device import physical_cores
+    from runtimes.device import cpu_info
     from runtimes.versions import package_versions
 
     for provider in providers:  # a typo fails before minutes of measuring, not after

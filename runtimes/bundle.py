@@ -22,16 +22,13 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
 
 from runtimes import __version__
-from runtimes.errors import BundleError, ModelSpecError, ProviderError
+from runtimes.errors import BundleError, ModelSpecError
 from runtimes.spec import ModelSpec
-
-T = TypeVar("T")
 
 MANIFEST = "bundle.json"
 # Bumped when a reader of the previous format would misread a new bundle.
@@ -238,28 +235,3 @@ def _unpack(tarball: Path, into: Path) -> Path:
     if len(tops) != 1:
         raise BundleError(f"bundle {tarball} holds {len(tops)} top-level entries, expected one bundle folder")
     return into / tops.pop()
-
-
-def model_to_run(
-    stack: contextlib.ExitStack, model: str | Path, bundle: str | Path | None, variant: str | None, provider: str | None
-) -> tuple[Path, ModelSpec | None, tuple[str, ...]]:
-    """(model file, its spec or None to read it from the file, providers to try in order)
-    for ``--model`` or ``--bundle`` (opened for as long as ``stack`` lasts) with ``--variant``."""
-    if bundle is None:
-        return Path(model), None, (provider or "cpu",)
-    opened = stack.enter_context(open_bundle(bundle))
-    chosen = opened.model(variant)
-    return chosen.path, chosen.spec, (provider,) if provider else opened.providers
-
-
-def first_loadable(providers: tuple[str, ...], load: Callable[[str], T]) -> tuple[T, str, list[str]]:
-    """``load(provider)`` for the first provider that loads: (result, provider, why the earlier ones did not)."""
-    failures = []
-    for provider in providers:
-        try:
-            return load(provider), provider, failures
-        except ProviderError as exc:
-            if len(providers) == 1:
-                raise
-            failures.append(str(exc))
-    raise BundleError(f"none of the providers {', '.join(providers)} runs here: " + " | ".join(failures))

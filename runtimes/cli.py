@@ -19,10 +19,11 @@ and the README's table lists them too:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 from runtimes.errors import ParityError, ProviderError, ToolkitError
 
@@ -117,16 +118,16 @@ def runner_options(provider: str, *, lenient: bool = False, **given: object) -> 
     return options
 
 
-def options_for(providers: Sequence[str], **given: object) -> Callable[[str], dict[str, object]]:
-    """Each provider's options from the flags ``given``, for trying ``providers`` in order.
+def points(text: str) -> float:
+    """argparse type for a drop in top-1 (--max-top1-drop, --max-drop): a finite number of percentage points, 0 or more.
 
-    One provider asked for by name must take every flag set (checked here, before anything
-    loads); a bundle's list of several drops, for each, the flags it does not take.
+    float() also takes "nan", and every comparison with NaN is false, so the gate would pass
+    any drop; "inf" would too, and a negative limit fails a model that gained accuracy.
     """
-    lenient = len(providers) > 1
-    if not lenient:
-        runner_options(providers[0], **given)
-    return lambda provider: runner_options(provider, lenient=lenient, **given)
+    value = float(text)  # argparse turns a ValueError into "invalid points value"
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of points, 0 or more, got {text}")
+    return value
 
 
 def _flag(name: str) -> str:

@@ -101,7 +101,7 @@ def probe_runtimes(model: Path) -> dict[str, str]:
 
 def precision_report() -> list[str]:
     """Which precisions each CPU runtime can run fast here, from the CPU's flags and OpenVINO's own report."""
-    from runtimes.roofline import cpu_info
+    from runtimes.device import cpu_info
 
     info = cpu_info()
     flags = set(info["flags"])

@@ -36,6 +36,10 @@ class InferenceError(ProviderError):
     """
 
 
+class NonFiniteError(InferenceError):
+    """A runtime's output held NaN or Inf: a wrong answer, not a missing runtime."""
+
+
 class ImageError(ToolkitError):
     """An image cannot be read or decoded."""
 

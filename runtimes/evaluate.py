@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtimes.cli import EXIT_FAILED, add_max_pixels, positive_int, run_cli
-from runtimes.errors import ImageError, ModelSpecError
+from runtimes.cli import EXIT_FAILED, add_max_pixels, points, positive_int, run_cli
+from runtimes.labelled import labelled_files
+from runtimes.errors import ImageError
 from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
 
@@ -36,27 +36,6 @@ class Evaluation:
     confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (truth, predicted, count), most first
     unreadable: list[str] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)  # top-1 index per readable image, in file order
-
-
-def labelled_files(data: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(file, class index) for every image under ``data/<label>/``, sorted; folders must be labels."""
-    from runtimes.preprocess import find_images
-
-    if not data.is_dir():
-        raise ImageError(f"{data} is not a folder; give one subfolder per class, named as the model's labels")
-    folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [p.name for p in folders if p.name not in labels]
-    if unknown or not folders:
-        shown = ", ".join(unknown[:5]) or "none"
-        raise ModelSpecError(
-            f"{data}: class folders must be named as the model's labels; not labels: {shown} "
-            f"(the model has {len(labels)} labels, e.g. {', '.join(labels[:3])})"
-        )
-    found = []
-    for folder in folders:
-        index = labels.index(folder.name)
-        found += [(p, index) for p in find_images(folder)]
-    return found
 
 
 def evaluate(classifier, files: list[tuple[Path, int]], progress: Progress | None = None) -> Evaluation:
@@ -87,18 +66,6 @@ def evaluate(classifier, files: list[tuple[Path, int]], progress: Progress | Non
     result.per_class = {labels[c]: per_class_hits[c] / n for c, n in sorted(per_class_total.items())}
     result.confusions = [(a, b, n) for (a, b), n in confused.most_common(5)]
     return result
-
-
-def points(text: str) -> float:
-    """argparse type for --max-top1-drop: a finite number of percentage points, 0 or more.
-
-    float() also takes "nan", and every comparison with NaN is false, so the gate would pass
-    any drop; "inf" would too, and a negative limit fails a model that gained accuracy.
-    """
-    value = float(text)  # argparse turns a ValueError into "invalid points value"
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of points, 0 or more, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

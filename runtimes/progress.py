@@ -35,6 +35,11 @@ class Progress:
         if self.enabled:
             self._draw(f"[{self.done}/{self.total}] {what}")
 
+    def note(self, what: str) -> None:
+        """Redraw the current step's line with news of it: ``[done/total] what``."""
+        if self.enabled:
+            self._draw(f"[{self.done}/{self.total}] {what}")
+
     def clear(self) -> None:
         if self.enabled:
             self.stream.write("\r\x1b[K")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,10 @@ from runtimes.atomic import write_bytes
 from runtimes.bundle import sha256_file
 from runtimes.errors import BundleError
 from runtimes.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from runtimes.parity import ParityStats
+    from runtimes.tolerances import Tolerance
 
 SUFFIX = ".reference.npz"
 
@@ -110,3 +115,54 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, member.getvalue())
     return buffer.getvalue()
+
+
+# Images per call when no batch size is asked for: within every runner's default batch
+# range (tensorrt's profile included).
+IMAGE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Check:
+    """One replayed part of the reference: its parity statistics and whether they are judged."""
+
+    name: str  # "seeded batch 1", "18 images"
+    stats: "ParityStats"
+    judged: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.stats.passed or not self.judged
+
+
+def replay(runner, reference: Reference, tol: "Tolerance", batch_size: int | None = None) -> list[Check]:
+    """``runner``'s logits for the reference's seeded inputs and images, compared with PyTorch's under ``tol``.
+
+    With ``batch_size``, every call is exactly that many rows, as a configuration tuned for
+    it runs (a seeded batch or the images' last call is filled up by repeating its rows);
+    without, each seeded batch runs as it is and the images ``IMAGE_BATCH`` at a time.
+    Seeded inputs are judged elementwise only: an int8 model is judged on the images alone.
+    """
+    from runtimes import preprocess
+    from runtimes.parity import compare
+
+    def logits(rows: np.ndarray, per_call: int) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(rows), per_call):
+            piece = rows[start : start + per_call]
+            if batch_size is not None and len(piece) < per_call:  # repeat its rows up to the batch size
+                piece = np.resize(piece, (per_call, *piece.shape[1:]))
+            outputs.append(runner.infer(piece))
+        return np.concatenate(outputs)[: len(rows)]
+
+    checks = [
+        Check(f"seeded batch {len(x)}", compare(ref, logits(x, batch_size or len(x)), tol), judged=tol.elementwise)
+        for x, ref in zip(reference.inputs, reference.input_logits)
+    ]
+    if reference.images:
+        batch = preprocess.stack(
+            [preprocess.load(data, runner.spec, name) for name, data in zip(reference.image_names, reference.images)]
+        )
+        got = logits(batch, batch_size or IMAGE_BATCH)
+        checks.append(Check(f"{len(batch)} images", compare(reference.image_logits, got, tol), judged=True))
+    return checks

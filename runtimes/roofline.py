@@ -10,11 +10,8 @@ from __future__ import annotations
 import collections
 import importlib.util
 import math
-import platform
-import re
 import time
 from pathlib import Path
-from typing import Any
 
 from runtimes.graph import FLOAT, Node, Tensor, model_bytes, read_graph
 
@@ -172,27 +169,3 @@ def gemm_peak_gflops(threads: int, seconds: float = 2.0) -> float:
             best = min(best, time.perf_counter() - started)
         peak = max(peak, 2 * n**3 / best / 1e9)
     return peak
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model, the instruction-set flags that matter for inference, and core counts."""
-    import os
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = found.group(1).strip() if found else model
-        found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(found.group(1).split()) if found else set()
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
-    from runtimes.adapters.ort_common import physical_cores
-
-    return {
-        "model": model,
-        "flags": [f for f in wanted if f in flags],
-        "logical_cpus": os.cpu_count(),
-        "physical_cores": physical_cores(),
-    }

@@ -1,7 +1,7 @@
 """Classify images from the command line.
 
     python -m runtimes.run [--provider cpu] [--json] IMAGES...
-    python -m runtimes.run --bundle DIR IMAGES...   # the bundle's model and provider preference
+    python -m runtimes.run --bundle DIR IMAGES...   # the bundle's tuned choice, else its default model and providers
 
 IMAGES are files, directories (searched recursively for image extensions, hidden files
 skipped), globs, or ``-`` for one image read from stdin (``... run - < photo.jpg``).
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, options_for, run_cli
-from runtimes.errors import ImageError, ProviderError
+from runtimes.cli import EXIT_FAILED, add_max_pixels, non_negative_int, positive_int, run_cli
+from runtimes.errors import ImageError
 from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL
 
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
     source.add_argument("--bundle", type=Path, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
     parser.add_argument("--variant", help="bundle: which model to run, fp32, fp16 or int8 (default: the bundle's default)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per inference call (default: 8)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="images per inference call (default: a tuned bundle's, else 8)")
     parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--json", dest="json_lines", action="store_true", help="JSON Lines on stdout, one object per image")
     parser.add_argument(
@@ -102,7 +103,7 @@ def classify(
     model: Path = DEFAULT_MODEL,
     bundle: Path | None = None,
     variant: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     topk: int = 5,
     json_lines: bool = False,
     exact: bool = False,
@@ -119,40 +120,33 @@ def classify(
 ) -> int:
     """Classify ``images`` and write results to ``out`` (stdout); 0 if all succeeded, 1 if any failed.
 
-    With ``bundle``, the model is the bundle's (``variant`` picks fp32, fp16 or int8) and,
-    unless ``provider`` is given, the first of the bundle's providers that loads here runs it.
+    With ``bundle``, the bundle's tuned choice runs when it applies here (``runtimes.tuned``);
+    otherwise its model (``variant`` picks fp32, fp16 or int8) on the first of its providers
+    that loads here, unless ``provider`` names one.
     """
     import contextlib
 
-    from runtimes.bundle import first_loadable, model_to_run
-    from runtimes.classifier import Classifier  # numpy, cv2 and the runtime load only now
     from runtimes.preprocess import IMAGE_EXTENSIONS
+    from runtimes.tuned import classifier_for, first_loadable, plan, skipped_line  # numpy, cv2 and the runtime load only now
 
     out, err = out or sys.stdout, err or sys.stderr
-    given = dict(threads=threads, device_id=device_id, ckpt=ckpt, allow_fallback=allow_fallback, fp16=fp16, precision=precision)
-    if bundle is None and variant is not None:
-        raise ProviderError("--variant picks a model inside a bundle; pass --bundle DIR too")
+    given = dict(provider=provider, variant=variant, threads=threads, device_id=device_id, ckpt=ckpt,
+                 allow_fallback=allow_fallback, fp16=fp16, precision=precision)
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {', '.join(images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     inputs = [read_stdin() if str(p) == STDIN else p for p in paths]  # read before the model loads
     with contextlib.ExitStack() as stack:
-        model, spec, providers = model_to_run(stack, model, bundle, variant, provider)
-        options = options_for(providers, **given)
+        attempts = plan(stack, model=model, bundle=bundle, given=given, say=lambda line: print(line, file=err))
 
-        def load(name: str) -> Classifier:
-            return Classifier(
-                model, name, batch_size=batch_size, spec=spec, exact=exact, workers=workers,
-                max_pixels=max_pixels, **options(name),
-            )
-
-        classifier, used, skipped = first_loadable(providers, load)
+        classifier, used, skipped = first_loadable(attempts, lambda attempt: classifier_for(
+            attempt, batch_size=batch_size, exact=exact, workers=workers, max_pixels=max_pixels))
         for reason in skipped:
-            print(f"warning: {reason}; using the bundle's next provider", file=err)
-        if len(providers) > 1:
-            print(f"provider: {used} ({', '.join(classifier.active_providers())})", file=err)
+            print(skipped_line(reason, used), file=err)
+        if len(attempts) > 1 and not (used.configuration and not skipped):
+            print(f"provider: {used.label()} ({', '.join(classifier.active_providers())})", file=err)
         with classifier:
-            return _classify_paths(classifier, inputs, topk, json_lines, batch_size, out, err)
+            return _classify_paths(classifier, inputs, topk, json_lines, classifier.batch_size, out, err)
 
 
 def _classify_paths(classifier, paths: list[Path | bytes], topk: int, json_lines: bool, batch_size: int, out, err) -> int:

@@ -30,44 +30,10 @@ from runtimes.cli import EXIT_PARITY_FAILED, positive_int, run_cli
 from runtimes.spec import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from runtimes.parity import ParityStats
+    from runtimes.reference import Check
     from runtimes.tolerances import Tolerance
 
-IMAGE_BATCH = 8  # within every runner's default batch range (tensorrt's profile included)
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-    name: str  # "seeded batch 1", "18 images"
-    stats: "ParityStats"
-    judged: bool
-
-    @property
-    def passed(self) -> bool:
-        return self.stats.passed or not self.judged
-
-
-def check_runner(runner, reference, tol: "Tolerance") -> list[Check]:
-    """Compare ``runner``'s logits with ``reference`` under ``tol``, which the report prints too."""
-    import numpy as np
-
-    from runtimes import preprocess
-    from runtimes.parity import compare
-
-    checks = [
-        Check(f"seeded batch {len(x)}", compare(ref, runner.infer(x), tol), judged=tol.elementwise)
-        for x, ref in zip(reference.inputs, reference.input_logits)
-    ]
-    if reference.images:
-        batch = preprocess.stack(
-            [preprocess.load(data, runner.spec, name) for name, data in zip(reference.image_names, reference.images)]
-        )
-        logits = np.concatenate([runner.infer(batch[i : i + IMAGE_BATCH]) for i in range(0, len(batch), IMAGE_BATCH)])
-        checks.append(Check(f"{len(batch)} images", compare(reference.image_logits, logits, tol), judged=True))
-    return checks
-
-
-def _report(model_name: str, precision: str, tol: "Tolerance", checks: list[Check], out) -> None:
+def _report(model_name: str, precision: str, tol: "Tolerance", checks: list["Check"], out) -> None:
     """The table, headed by the rule ``checks`` were judged with.
 
     Without an elementwise bound (int8), violations count nothing and top-5 agreement is
@@ -101,46 +67,57 @@ def verify(
     json_output: bool = False,
     out=None,
 ) -> int:
-    """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED."""
+    """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED.
+
+    A bundle with a tuned choice that applies here is checked in exactly the configuration
+    ``runtimes.run --bundle`` loads: the first of the choice and its fallbacks that loads,
+    with its options, at its batch size. ``provider`` or ``precision`` check the bundle's
+    models as named instead.
+    """
     import contextlib
 
     from runtimes.adapters import create_runner
-    from runtimes.bundle import first_loadable, open_bundle
-    from runtimes.reference import Reference, reference_for
-    from runtimes.cli import options_for
+    from runtimes.bundle import open_bundle
+    from runtimes.reference import IMAGE_BATCH, Reference, reference_for, replay
     from runtimes.spec import ModelSpec
     from runtimes.tolerances import for_precision
+    from runtimes.tuned import first_loadable, provider_attempts, tuned_attempts, usable_tuned
 
     out = out or sys.stdout
     given = {"threads": threads, "ckpt": ckpt}
+    notes: list[str] = []
     with contextlib.ExitStack() as stack:
         if bundle is not None:
             opened = stack.enter_context(open_bundle(bundle))
-            chosen = [opened.model(precision)] if precision else list(opened.models.values())
-            models = [(m.path, m.spec, m.path.relative_to(opened.root).as_posix()) for m in chosen]
-            providers = (provider,) if provider else opened.providers
             reference = Reference.load(opened.reference)
             header = f"bundle {bundle} (made by googlenet-deploy {opened.made_by}, target {opened.target})"
+            tuned = usable_tuned(bundle, opened, {**given, "provider": provider, "variant": precision}, notes.append)
+            if tuned is not None:
+                groups = [tuned_attempts(opened, tuned, given)]
+            else:
+                chosen = [opened.model(precision)] if precision else list(opened.models.values())
+                providers = (provider,) if provider else opened.providers
+                groups = [provider_attempts(m.path, m.spec, providers, given) for m in chosen]
         else:
             spec = ModelSpec.from_onnx(model)
-            models = [(model, spec, str(model))]
-            providers = (provider or "cpu",)
+            groups = [provider_attempts(model, spec, (provider or "cpu",), given)]
             reference = Reference.load(reference_for(model, spec))
             header = f"model {model}"
-        options = options_for(providers, **given)
         results, failed = [], False
-        for path, spec, shown in models:
-            tol = for_precision(spec.precision)  # the one rule: judged with, and printed
-            runner, used, skipped = first_loadable(providers, lambda p: create_runner(
-                p, path, spec, batch_size=IMAGE_BATCH, **options(p)).load())
+        for attempts in groups:
+            runner, used, skipped = first_loadable(attempts, lambda a: create_runner(
+                a.provider, a.model, a.spec, batch_size=a.batch_size or IMAGE_BATCH, **a.options).load())
             with runner:
-                checks = check_runner(runner, reference, tol)
+                judged_as = used.precision or runner.spec.precision
+                tol = for_precision(judged_as)  # the one rule: judged with, and printed
+                checks = replay(runner, reference, tol, used.batch_size)
                 active = runner.active_providers()
             failed |= not all(c.passed for c in checks)
-            results.append({"model": shown, "precision": spec.precision, "tolerance": tol, "provider": used,
+            shown = used.model.relative_to(opened.root).as_posix() if bundle is not None else str(used.model)
+            results.append({"model": shown, "precision": judged_as, "tolerance": tol, "provider": used.label(),
                             "runs_on": active, "providers_skipped": skipped, "checks": checks})
     if json_output:
-        record = {"source": header, "passed": not failed, "models": [
+        record = {"source": header, "passed": not failed, "notes": notes, "models": [
             {**r, "tolerance": dataclasses.asdict(r["tolerance"]),
              "checks": [{"name": c.name, "judged": c.judged, **c.stats.as_dict()} for c in r["checks"]]}
             for r in results
@@ -148,9 +125,11 @@ def verify(
         print(json.dumps(record), file=out)
     else:
         print(header, file=out)
+        for note in notes:
+            print(note, file=out)
         for r in results:
             for reason in r["providers_skipped"]:
-                print(f"note: skipped a provider: {reason}", file=out)
+                print(f"note: skipped: {reason}", file=out)
             print(f"provider {r['provider']} ({', '.join(r['runs_on'])})", file=out)
             _report(r["model"], r["precision"], r["tolerance"], r["checks"], out)
         verdict = "FAILED: outside tolerance" if failed else "verified: every model agrees with PyTorch within tolerance"

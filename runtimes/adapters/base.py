@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtimes.errors import InferenceError, ProviderError, ToolkitError, first_line
+from runtimes.errors import InferenceError, NonFiniteError, ProviderError, ToolkitError, first_line
 from runtimes.graph import check_spec, read_graph_io
 from runtimes.spec import ModelSpec, require_model
 
@@ -104,7 +104,7 @@ class Runner(ABC):
         size = self.spec.crop_size
         logits = self.infer(np.zeros((self._fixed_batch or 1, 3, size, size), np.float32))
         if not np.isfinite(logits).all():
-            raise InferenceError(
+            raise NonFiniteError(
                 f"{self.name}: {self.model_path} gives non-finite outputs (NaN or Inf) for a black image; "
                 "this runtime cannot run this model (try another provider or precision)"
             )

@@ -23,8 +23,7 @@ class OpencvRunner(Runner):
     def _load_impl(self) -> None:
         import cv2
 
-        if self.options["threads"]:
-            cv2.setNumThreads(self.options["threads"])
+        self._cv2 = cv2
         # The importer logs each parse failure to stderr before raising; the raised
         # error says it all, so keep those lines off the user's one-line error.
         level = cv2.utils.logging.getLogLevel()
@@ -43,6 +42,8 @@ class OpencvRunner(Runner):
         # interleave between threads (they got each other's labels). OpenCV parallelises
         # inside forward() anyway.
         with self._lock:
+            if self.options["threads"]:  # process-wide: set for each call, another Net may have changed it
+                self._cv2.setNumThreads(self.options["threads"])
             self.net.setInput(batch)
             return self.net.forward().copy()
 

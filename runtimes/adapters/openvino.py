@@ -27,11 +27,12 @@ STATIC_SHAPES = 4
 
 
 class OpenvinoRunner(Runner):
-    """OpenVINO compiled for ``device`` (default CPU) with a latency hint; option ``threads``."""
+    """OpenVINO compiled for ``device`` (default CPU); options ``threads``, ``precision``, ``hint`` (LATENCY)."""
 
     name = "openvino"
-    OPTIONS: dict[str, Any] = {"threads": None, "device": "CPU", "precision": "f32"}
+    OPTIONS: dict[str, Any] = {"threads": None, "device": "CPU", "precision": "f32", "hint": "LATENCY"}
     PRECISIONS = ("f32", "bf16", "f16")
+    HINTS = ("LATENCY", "THROUGHPUT")
     REQUIRES = ("openvino", "openvino is not installed: pip install 'openvino>=2024.4'")
 
     def _load_impl(self) -> None:
@@ -42,10 +43,13 @@ class OpenvinoRunner(Runner):
             raise ProviderError(
                 f"openvino: unknown precision {self.options['precision']!r}; known: {', '.join(self.PRECISIONS)}"
             )
+        if self.options["hint"] not in self.HINTS:
+            raise ProviderError(f"openvino: unknown hint {self.options['hint']!r}; known: {', '.join(self.HINTS)}")
         core = ov.Core()
         config: dict[str, Any] = {
-            # One request at a time from the classifier: latency, not throughput streams.
-            "PERFORMANCE_HINT": "LATENCY",
+            # One request at a time from the classifier: latency by default; THROUGHPUT
+            # splits the cores into streams, which only concurrent requests fill.
+            "PERFORMANCE_HINT": self.options["hint"],
             "INFERENCE_PRECISION_HINT": self.options["precision"],
         }
         if self.options["threads"]:

@@ -4,30 +4,18 @@ check that the requested execution provider is really the one running."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from typing import Any
 
 from runtimes.adapters.base import Runner
 from runtimes.adapters.native import captured_native_output
+from runtimes.device import physical_cores
 from runtimes.errors import ProviderError, first_line
 
 # "2026-01-01 12:00:00.0 [W:onnxruntime:Default, file.cc:12 fn] message" -> ("W", "message")
 _ORT_LOG_LINE = re.compile(r"\[([EW]):onnxruntime:[^\]]*\](.*)")
 _ORT_LOG_ERROR = 3  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 _ORT_LOG_FATAL = 4
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use; SMT siblings add little to conv-heavy inference."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text = fh.read()
-    except OSError:
-        return allowed
-    cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))
-    return max(1, min(allowed, len(cores) or allowed))
 
 
 def session_options(threads: int | None, spinning: bool, log_severity: int = _ORT_LOG_ERROR) -> Any:

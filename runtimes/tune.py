@@ -1,0 +1,792 @@
+"""Pick, on this device, the fastest configuration of a bundle that still gives PyTorch's answers.
+
+    python -m runtimes.tune --bundle DIR|DIR.tar.gz [--budget-s 120] [--metric latency|throughput]
+        [--providers cpu,openvino] [--precisions fp32,int8,bf16] [--batch-sizes 1] [--threads 1,2]
+        [--max-p99-ms MS] [--min-gain 0.03] [--labelled DIR --max-drop POINTS]
+        [--dry-run] [--json] [--plot tune.png]
+
+1. Candidates: every provider, precision (the bundle's files; OpenVINO's bf16 and f16 on
+   the fp32 file), batch size, thread count and OpenVINO hint that can run here
+   (``runtimes.candidates``); each one dropped is listed with its reason.
+2. Gate: each candidate replays the bundle's reference answers (seeded inputs, images,
+   PyTorch's logits) in exactly its configuration, at its batch size, judged by
+   ``runtimes.parity`` with the tolerance ``runtimes.verify`` uses for its precision (int8:
+   top-1 agreement on the images). A NaN or Inf rejects it. With ``--labelled``, it is
+   also compared with the fp32 model image by image. A rejected candidate is never chosen.
+3. Race: the candidates that pass stay loaded and are timed in interleaved rounds, each
+   compared with the leader by paired per-round ratios (``runtimes.race``).
+4. Confirmation: the winner against the runner-up in fresh processes, each loading its
+   configuration as ``runtimes.run --bundle`` does.
+5. ``DIR/tuned.json`` (a tarball gets ``DIR.tar.gz.tuned.json`` beside it), written
+   atomically: the choice and its ranked fallbacks, every candidate with its evidence,
+   the protocol and the device fingerprint. ``runtimes.run``, ``runtimes.verify`` and
+   ``deploy.serve`` use it while the bundle and the device match (``runtimes.tuned``).
+
+The whole run, gate included, keeps to ``--budget-s``. Exit status: 0 a choice was
+made; 3 no candidate gives PyTorch's answers (the evidence is written, with no
+choice); 2 a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtimes.cli import EXIT_PARITY_FAILED, points, run_cli
+from runtimes.errors import ToolkitError
+from runtimes.progress import Progress
+
+DEFAULT_BUDGET_S = 120.0
+DEFAULT_MIN_GAIN = 0.03
+DEFAULT_MAX_DROP = 1.0  # points of top-1, with --labelled
+CONFIRM_PAIRS = 2
+CONFIRM_SECONDS = 1.0  # timed calls per confirming process
+CHILD_OVERHEAD_S = 4.0  # start-up, imports and load of one confirming process, about (2-core Xeon: 2-3 s)
+MIN_FREE_MEMORY = 2 << 30  # below this much available memory, a gated session is closed until its block
+BUSY_CORES = 0.5  # other processes using more than this many cores during a round: warn
+BUSY_SPREAD = 0.15  # a median within-block interquartile range above this share of the median: warn
+STATUS_ORDER = ("chosen", "tied", "eliminated", "rejected", "skipped")
+
+
+class TuneError(ToolkitError):
+    """The tuner cannot run as asked."""
+
+
+@dataclass
+class Candidate:
+    """One configuration and everything learned about it."""
+
+    config: Any  # runtimes.tuned.Configuration
+    status: str = "planned"
+    reason: str = ""
+    gate: dict[str, Any] | None = None
+    labelled: dict[str, Any] | None = None
+    estimate_s: float = 0.0  # seconds per call, from the gate
+    runner: Any = None
+    entrant: Any = None  # runtimes.race.Entrant once it races
+
+    def record(self, choice: "Candidate | None", per_image: bool) -> dict[str, Any]:
+        from runtimes.race import p99, ratio
+
+        record = {**self.config.as_dict(), "status": self.status, "reason": self.reason, "gate": self.gate}
+        if self.labelled is not None:
+            record["labelled"] = self.labelled
+        e = self.entrant
+        if e is not None and e.measured:
+            divide = self.config.batch_size if per_image else 1
+            timing: dict[str, Any] = {
+                "rounds": len(e.measured),
+                "median_ms": round(statistics.median(e.call_times) * 1e3, 3),
+                "p99_ms": round(p99(e.call_times) * 1e3, 3),
+                "cost_ms": round(e.median_cost * 1e3, 4),
+                "cost": "ms per image" if per_image and divide > 1 else "ms per call",
+                "block_spread": round(statistics.median(e.spreads), 3) if e.spreads else None,
+            }
+            r = ratio(e, choice.entrant) if choice is not None and choice.entrant is not None else None
+            if r is not None and choice is not self:
+                timing["ratio_to_choice"] = round(r.value, 4)
+                timing["ratio_ci"] = [round(r.low, 4), round(r.high, 4) if r.high != float("inf") else None]
+            record["timing"] = timing
+        return record
+
+
+def _csv(text: str | None, kind=str) -> list | None:
+    return None if text is None else [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help=f"wall time for the whole run, gate and confirmation included (default: {DEFAULT_BUDGET_S:g})")
+    parser.add_argument("--metric", choices=("latency", "throughput"), default="latency",
+                        help="latency: time per call; throughput: time per image (default: latency)")
+    parser.add_argument("--providers", help="comma-separated (default: the bundle's, in its order)")
+    parser.add_argument("--precisions", help="comma-separated: fp32, fp16, int8 (the bundle's files), bf16, f16 "
+                        "(OpenVINO's inference precision on the fp32 file) (default: all of them)")
+    parser.add_argument("--batch-sizes", help="comma-separated (default: 1 for latency, 1,8 for throughput)")
+    parser.add_argument("--threads", help="comma-separated intra-op thread counts (default: 1 and the physical cores)")
+    parser.add_argument("--max-p99-ms", type=float, help="throughput: eliminate a candidate whose p99 call is slower")
+    parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
+                        help=f"closer than this fraction is a tie, settled by precision, threads and the bundle's "
+                             f"provider order (default: {DEFAULT_MIN_GAIN})")
+    parser.add_argument("--labelled", type=Path, help="a folder of labelled images (one subfolder per class): also "
+                        "bound each candidate's top-1 drop against the fp32 model")
+    parser.add_argument("--max-drop", type=points, default=DEFAULT_MAX_DROP, metavar="POINTS",
+                        help=f"with --labelled: reject a candidate whose drop may exceed this, at 95%% (default: {DEFAULT_MAX_DROP:g})")
+    parser.add_argument("--dry-run", action="store_true", help="print the candidates and the plan; run nothing")
+    parser.add_argument("--json", action="store_true", help="print the tuned.json object instead of the table")
+    parser.add_argument("--plot", type=Path, help="write a bar per candidate with its interval to this PNG")
+    parser.add_argument("--confirm-child", help=argparse.SUPPRESS)  # a fresh process timing one configuration
+    args = parser.parse_args(argv)
+    try:
+        args.batch_sizes = _csv(args.batch_sizes, int)
+        args.threads = _csv(args.threads, int)
+    except ValueError:
+        parser.error("--batch-sizes and --threads take comma-separated integers")
+    for name in ("batch_sizes", "threads"):
+        values = getattr(args, name)
+        if values is not None and (not values or min(values) < 1):
+            parser.error(f"argument --{name.replace('_', '-')}: give integers of 1 or more")
+    if not args.budget_s > 0:
+        parser.error("argument --budget-s: must be positive")
+    if not 0 <= args.min_gain < 1:
+        parser.error("argument --min-gain: must be at least 0 and below 1")
+    if args.max_p99_ms is not None and not args.max_p99_ms > 0:
+        parser.error("argument --max-p99-ms: must be positive")
+    args.providers, args.precisions = _csv(args.providers), _csv(args.precisions)
+    if args.plot is not None and not args.dry_run and not args.confirm_child:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib: pip install matplotlib")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.confirm_child:
+        return _confirm_child(args.bundle, json.loads(args.confirm_child))
+    return tune(args)
+
+
+def tune(args: argparse.Namespace, out=None, err=None) -> int:
+    from runtimes.adapters import RUNNERS, runner_class, unavailable_reason
+    from runtimes.bundle import MANIFEST, open_bundle, sha256_file
+    from runtimes.candidates import DEFAULT_BATCH_SIZES, default_precisions, default_threads, enumerate_candidates
+    from runtimes.device import cpu_info, fingerprint
+    from runtimes.reference import Reference
+    from runtimes.tuned import tuned_path
+
+    out, err = out or sys.stdout, err or sys.stderr
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    cpu = cpu_info()
+    with contextlib.ExitStack() as stack:
+        opened = stack.enter_context(open_bundle(args.bundle))
+        providers = args.providers or list(opened.providers)
+        for provider in providers:  # a typo is a user error; a runtime missing here is a dropped candidate
+            if provider not in RUNNERS:
+                runner_class(provider)
+        configs, dropped = enumerate_candidates(
+            models=list(opened.models), providers=providers,
+            precisions=args.precisions or default_precisions(list(opened.models)),
+            batch_sizes=args.batch_sizes or DEFAULT_BATCH_SIZES[args.metric],
+            threads=args.threads or default_threads(cpu["physical_cores"]),
+            metric=args.metric, cpu_flags=cpu["flags"], unavailable=unavailable_reason,
+        )
+        candidates = [Candidate(c) for c in configs]
+        skipped = [Candidate(d.configuration, "skipped", d.reason) for d in dropped]
+        reference = Reference.load(opened.reference)
+        pairs = _confirm_pairs(args.budget_s)
+        if args.dry_run:
+            _print_plan(args, candidates, skipped, reference, pairs, out)
+            return 0
+        labelled = _read_labelled(args, opened) if args.labelled else None
+        warnings: list[str] = []
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if load > 0.75 * cpu["physical_cores"]:
+            warnings.append(f"the machine was busy before tuning began (load average {load:.1f} on "
+                            f"{cpu['physical_cores']} cores): timings will be noisier")
+        progress = stack.enter_context(Progress(len(candidates) + 2 + bool(labelled), err))
+        runners = stack.enter_context(contextlib.ExitStack())  # every loaded session, closed at the end
+        gate_deadline = deadline - _reserve_s(pairs) - 0.2 * args.budget_s
+        for candidate in candidates:
+            progress.step(f"gate: {candidate.config.label()}")
+            if time.monotonic() > gate_deadline:
+                candidate.status, candidate.reason = "skipped", "the budget ran out before its gate"
+                continue
+            _gate(candidate, opened, reference, runners)
+        if labelled is not None:
+            progress.step(f"labelled: {labelled['images']} images against fp32")
+            _labelled_check(candidates, labelled, args.max_drop, warnings)
+        passing = [c for c in candidates if c.status == "passed"]
+        progress.step(f"race: {len(passing)} candidates")
+        race = _race(passing, args, deadline - _reserve_s(pairs), progress, opened.root)
+        choice, ranked = _decide(passing, race, args, list(opened.providers))
+        progress.step("confirmation in fresh processes")
+        confirmation = _confirm(opened.root, choice, ranked, args, pairs, deadline, warnings)
+        if confirmation.get("swapped"):
+            choice, ranked = ranked[0], [choice, *ranked[1:]]
+            choice.status, ranked[0].status = "chosen", "tied"
+            ranked[0].reason = f"the fresh processes found {choice.config.label()} faster"
+        warnings += _busy_warnings(race)
+        default = _bundle_default(opened, candidates, cpu["physical_cores"], args)
+        record = {
+            "format": 1,
+            "tuned_by": f"googlenet-deploy {_toolkit_version()}",
+            "bundle": str(args.bundle),
+            "bundle_json_sha256": sha256_file(opened.root / MANIFEST),
+            "device": fingerprint(),
+            "metric": args.metric,
+            "choice": choice.config.as_dict() if choice else None,
+            "fallbacks": [c.config.as_dict() for c in ranked],
+            "speedup_vs_default": _speedup(default, choice, args.metric == "throughput"),
+            "protocol": _protocol(args, race, pairs),
+            "confirmation": confirmation,
+            "warnings": warnings,
+            "seconds": round(time.monotonic() - started, 1),
+            "candidates": [c.record(choice, args.metric == "throughput") for c in _ordered(candidates + skipped)],
+        }
+    from runtimes.atomic import write_text
+
+    path = write_text(tuned_path(args.bundle), json.dumps(record, indent=2) + "\n")
+    for warning in warnings:
+        print(f"warning: {warning}", file=err)
+    print(json.dumps(record, indent=2) if args.json else _markdown(record, path), file=out)
+    if args.plot:
+        _plot(record, args.plot)
+    return 0 if choice is not None else EXIT_PARITY_FAILED
+
+
+def _toolkit_version() -> str:
+    from runtimes import __version__
+
+    return __version__
+
+
+def _confirm_pairs(budget_s: float) -> int:
+    """Pairs of fresh processes the budget affords: at most CONFIRM_PAIRS, within a fifth of it."""
+    per_pair = 2 * (CHILD_OVERHEAD_S + CONFIRM_SECONDS)
+    return max(0, min(CONFIRM_PAIRS, int(0.2 * budget_s // per_pair)))
+
+
+def _reserve_s(pairs: int) -> float:
+    return pairs * 2 * (CHILD_OVERHEAD_S + CONFIRM_SECONDS)
+
+
+# --- gate ---------------------------------------------------------------------------
+
+
+def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack) -> None:
+    """Load ``candidate`` and replay the reference through it; its status becomes passed,
+    rejected (wrong answers) or skipped (cannot run here)."""
+    from runtimes.adapters import create_runner
+    from runtimes.errors import NonFiniteError
+    from runtimes.reference import replay
+    from runtimes.tolerances import for_precision
+
+    config = candidate.config
+    model = opened.model(config.model_precision)
+    tol = for_precision(config.tolerance_precision)
+    started = time.monotonic()
+    runner = create_runner(config.provider, model.path, model.spec, batch_size=config.batch_size, **config.options())
+    try:
+        runner.load()
+    except NonFiniteError as exc:
+        candidate.status, candidate.reason = "rejected", f"gives NaN or Inf: {exc}"
+        return
+    except ToolkitError as exc:
+        candidate.status, candidate.reason = "skipped", f"cannot run here: {exc}"
+        return
+    try:
+        checks = replay(runner, reference, tol, config.batch_size)
+        batch = _noise(config.batch_size, runner.spec.crop_size)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            runner.infer(batch)
+            times.append(time.perf_counter() - t0)
+    except ToolkitError as exc:
+        runner.close()
+        candidate.status = "rejected" if isinstance(exc, NonFiniteError) else "skipped"
+        candidate.reason = f"failed in the gate: {exc}"
+        return
+    candidate.estimate_s = statistics.median(times)
+    failed = [c for c in checks if not c.passed]
+    candidate.gate = {
+        "passed": not failed,
+        "seconds": round(time.monotonic() - started, 3),
+        "tolerance": f"atol {tol.atol:g}, rtol {tol.rtol:g}" if tol.elementwise else f"top-1 agreement >= {tol.min_top1:.0%}",
+        "checks": [{"name": c.name, "judged": c.judged, "passed": c.passed, "max_abs": _finite(c.stats.max_abs),
+                    "violations": c.stats.violations, "top1_agreement": round(c.stats.top1_agreement, 4)}
+                   for c in checks],
+    }
+    if failed:
+        runner.close()
+        candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
+        return
+    candidate.status, candidate.reason, candidate.runner = "passed", "", runner
+    runners.callback(runner.close)
+    if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
+        runner.close()
+
+
+def _parity_reason(check, tol) -> str:
+    s = check.stats
+    if s.max_abs == float("inf"):
+        return f"{check.name}: NaN or Inf in the output"
+    if not tol.elementwise:
+        return f"{check.name}: top-1 agrees with PyTorch on {s.top1_agreement:.1%}, below {tol.min_top1:.0%}"
+    if s.violations:
+        return (f"{check.name}: {s.violations} logits outside atol {tol.atol:g} + rtol {tol.rtol:g} "
+                f"(max |d| {s.max_abs:.3g})")
+    return f"{check.name}: top-1 {s.top1_agreement:.0%}, top-5 {s.top5_agreement:.0%} of rows agree with PyTorch"
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value or value in (float("inf"), float("-inf")) else float(f"{value:.4g}")
+
+
+def _noise(batch_size: int, size: int):
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((batch_size, 3, size, size), dtype=np.float32)
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return MIN_FREE_MEMORY  # unknown: keep sessions loaded
+
+
+# --- labelled images ------------------------------------------------------------------
+
+
+def _read_labelled(args, opened) -> dict[str, Any]:
+    """The labelled images, preprocessed; a TuneError when they are too few to bound --max-drop."""
+    from runtimes import preprocess
+    from runtimes.errors import ImageError
+    from runtimes.labelled import detectable_drop, images_needed, labelled_files
+
+    spec = opened.model("fp32").spec if "fp32" in opened.models else opened.model().spec
+    tensors, truths, unreadable = [], [], 0
+    for path, truth in labelled_files(args.labelled, spec.labels):
+        try:
+            tensors.append(preprocess.load(path.read_bytes(), spec, str(path)))
+            truths.append(truth)
+        except (ImageError, OSError):
+            unreadable += 1
+    floor = detectable_drop(len(tensors)) * 100
+    if floor > args.max_drop:
+        raise TuneError(
+            f"--labelled {args.labelled} has {len(tensors)} readable images: with no image differing, they bound a "
+            f"drop only to {floor:.1f} points at 95%, above --max-drop {args.max_drop:g}; give at least "
+            f"{images_needed(args.max_drop / 100)} images or a larger --max-drop"
+        )
+    return {"tensors": preprocess.stack(tensors), "truths": truths, "images": len(tensors), "unreadable": unreadable,
+            "detectable_points": round(floor, 2)}
+
+
+def _labelled_check(candidates: list[Candidate], labelled: dict[str, Any], max_drop: float, warnings: list[str]) -> None:
+    """Reject each passing candidate whose top-1 drop against the fp32 model may exceed ``max_drop`` points."""
+    import numpy as np
+
+    from runtimes.labelled import drop_bound
+
+    passing = [c for c in candidates if c.status == "passed"]
+    base = next((c for c in passing if c.config.precision == "fp32"), None)
+    if base is None:
+        warnings.append("--labelled: no fp32 candidate passed the gate to compare with; the labelled check was skipped")
+        return
+    truths = np.asarray(labelled["truths"])
+
+    def right(candidate: Candidate) -> Any:
+        tensors, b = labelled["tensors"], candidate.config.batch_size
+        runner = _loaded(candidate)
+        rows = [runner.infer(np.resize(tensors[i : i + b], (b, *tensors.shape[1:])))[: len(tensors[i : i + b])]
+                for i in range(0, len(tensors), b)]
+        return np.concatenate(rows).argmax(axis=1) == truths
+
+    reference = right(base)
+    n = labelled["images"]
+    for candidate in passing:
+        mine = reference if candidate is base else right(candidate)
+        lost, gained = int(np.sum(reference & ~mine)), int(np.sum(~reference & mine))
+        bound = drop_bound(lost, gained, n) * 100
+        candidate.labelled = {"images": n, "lost": lost, "gained": gained, "top1": round(float(mine.mean()), 4),
+                              "drop_bound_points": round(bound, 2), "detectable_points": labelled["detectable_points"]}
+        if bound > max_drop:
+            candidate.status = "rejected"
+            candidate.reason = (f"on {n} labelled images it lost {lost} and gained {gained} against fp32: the drop may be "
+                                f"{bound:.1f} points at 95%, over --max-drop {max_drop:g}")
+
+
+def _loaded(candidate: Candidate):
+    if candidate.runner is not None and not candidate.runner._loaded:
+        candidate.runner.load()
+    return candidate.runner
+
+
+# --- race -------------------------------------------------------------------------------
+
+
+def _race(passing: list[Candidate], args, deadline_s: float, progress: Progress, root: Path):
+    """Race the candidates that passed; returns the Race (its entrants carry the timings)."""
+    import numpy as np
+
+    from runtimes.errors import NonFiniteError
+    from runtimes.race import CpuMonitor, Entrant, Race, block_calls_for
+
+    def make_call(candidate: Candidate):
+        batch = _noise(candidate.config.batch_size, candidate.runner.spec.crop_size)
+        label, runner = candidate.config.label(), candidate.runner
+
+        def call() -> None:
+            output = runner.infer(batch)
+            if not np.isfinite(output).all():
+                raise NonFiniteError(f"{label}: NaN or Inf in the output of a timed call")
+
+        return call
+
+    for candidate in passing:
+        # A session closed for want of memory is loaded before each of its blocks and closed after.
+        reload = not candidate.runner._loaded
+        candidate.entrant = Entrant(
+            candidate.config.label(), make_call(candidate), candidate.config.batch_size,
+            block_calls_for(candidate.estimate_s), candidate.estimate_s,
+            before=candidate.runner.load if reload else None, after=candidate.runner.close if reload else None,
+        )
+    race = Race([c.entrant for c in passing], min_gain=args.min_gain, per_image=args.metric == "throughput",
+                max_p99_s=args.max_p99_ms / 1e3 if args.max_p99_ms else None,
+                seed=int.from_bytes(os.urandom(4), "little"))
+
+    def on_round(r: Race) -> None:
+        leader = r.leader
+        left = deadline_s - time.monotonic()
+        progress.note(f"race round {r.rounds}: {len(r.live)} left, leading {leader.name if leader else '-'}, "
+                      f"{max(left, 0):.0f} s left")
+
+    clock_offset = time.perf_counter() - time.monotonic()
+    race.run(deadline_s + clock_offset, on_round=on_round, monitor=CpuMonitor())
+    for candidate in passing:
+        e = candidate.entrant
+        if e.status == "rejected":
+            candidate.status, candidate.reason = "rejected", e.reason
+        elif e.status == "eliminated":
+            candidate.status, candidate.reason = "eliminated", e.reason
+    return race
+
+
+def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
+    """(the choice or None, the ranked fallbacks); sets every racing candidate's status and reason."""
+    from runtimes.candidates import tie_break
+    from runtimes.race import ratio
+
+    live = [c for c in passing if c.entrant.status == "live"]
+    if not live:
+        return None, []
+    measured = [c for c in live if c.entrant.measured]
+    if measured:
+        leader = min(measured, key=lambda c: c.entrant.median_cost)
+        close = [c for c in measured if c is leader or (ratio(c.entrant, leader.entrant) or _never()).value <= 1 + args.min_gain]
+    else:  # no round fitted in the budget: the gate's timing is all there is
+        leader = min(live, key=lambda c: c.estimate_s)
+        close = [leader]
+    choice = min(close, key=lambda c: tie_break(c.config, provider_order))
+    choice.status = "chosen"
+    choice.reason = (f"fastest that passed ({race.stopped_because} after {race.rounds} rounds)" if choice is leader
+                     else f"tied with {leader.config.label()} within --min-gain {args.min_gain:g}; the tie goes to the "
+                          "higher precision, then fewer threads, then the bundle's provider order")
+    if not measured:
+        choice.reason = "no race round fitted in the budget: chosen by the gate's timing alone"
+    for c in live:
+        if c is choice:
+            continue
+        c.status = "tied"
+        r = ratio(c.entrant, choice.entrant)
+        shown = f"{r.value:.2f}x ({r.low:.2f}-{r.high:.2f})" if r is not None and r.rounds > 1 else "not measured"
+        within = r is not None and r.rounds > 1 and 1 / (1 + args.min_gain) <= r.low and r.high <= 1 + args.min_gain
+        c.reason = (f"within {args.min_gain:g} of the choice: {shown}" if within
+                    else f"not separated from the choice when the race stopped ({race.stopped_because}): {shown}")
+
+    def rank(c: Candidate) -> tuple:
+        r = ratio(c.entrant, choice.entrant) if c.entrant.measured and choice.entrant.measured else None
+        return (r.value if r else c.estimate_s / max(choice.estimate_s, 1e-9), tie_break(c.config, provider_order))
+
+    ranked = sorted((c for c in passing if c is not choice and c.status != "rejected"), key=rank)
+    return choice, ranked
+
+
+def _never():
+    from runtimes.race import Ratio
+
+    return Ratio(float("inf"), float("inf"), float("inf"), 0)
+
+
+def _busy_warnings(race) -> list[str]:
+    warnings = []
+    if race.busy and max(race.busy) > BUSY_CORES:
+        worst = max(race.busy)
+        rounds = sum(b > BUSY_CORES for b in race.busy)
+        warnings.append(f"the machine was busy: other processes used up to {worst:.1f} CPU cores in {rounds} of "
+                        f"{len(race.busy)} race rounds; paired ratios cancel most of it, but re-tune on a quiet machine "
+                        "to be sure")
+    spreads = [s for e in race.entrants for s in e.spreads]
+    if spreads and statistics.median(spreads) > BUSY_SPREAD:
+        warnings.append(f"calls varied by {statistics.median(spreads):.0%} within blocks (median interquartile range "
+                        "over the median): the timings are noisy")
+    return warnings
+
+
+# --- confirmation in fresh processes -------------------------------------------------------
+
+
+def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warnings: list[str]) -> dict[str, Any]:
+    """Time the choice against the runner-up in ``pairs`` pairs of fresh processes, alternating."""
+    if choice is None or not ranked:
+        return {"done": False, "why": "nothing to confirm against" if choice else "no choice"}
+    runner_up = ranked[0]
+    if pairs == 0:
+        return {"done": False, "why": "the budget leaves no time for fresh processes"}
+    per_image = args.metric == "throughput"
+    ratios = []
+    for i in range(pairs):
+        if time.monotonic() + 2 * (CHILD_OVERHEAD_S + CONFIRM_SECONDS) > deadline:
+            break
+        costs = {}
+        for who in ((choice, runner_up) if i % 2 == 0 else (runner_up, choice)):
+            seconds = _child_seconds(root, who.config)
+            if seconds is None:
+                warnings.append(f"confirmation: {who.config.label()} failed in a fresh process")
+                return {"done": False, "why": f"{who.config.label()} failed in a fresh process"}
+            costs[id(who)] = seconds / (who.config.batch_size if per_image else 1)
+        ratios.append(costs[id(runner_up)] / costs[id(choice)])
+    if not ratios:
+        return {"done": False, "why": "the budget ran out before it"}
+    found = statistics.median(ratios)
+    swapped = all(r < 1 / (1 + args.min_gain) for r in ratios)
+    result = {"done": True, "runner_up": runner_up.config.as_dict(), "pairs": len(ratios),
+              "runner_up_over_choice": [round(r, 4) for r in ratios], "median": round(found, 4), "swapped": swapped}
+    if swapped:
+        warnings.append(f"fresh processes found {runner_up.config.label()} faster than {choice.config.label()} in every "
+                        f"pair ({found:.2f}x): it is the choice instead")
+    elif found < 1 / (1 + args.min_gain):
+        warnings.append(f"fresh processes disagree with the race: {runner_up.config.label()} was {1 / found:.2f}x as "
+                        f"fast as {choice.config.label()} in some pairs; the race's choice stands")
+    return result
+
+
+def _child_seconds(root: Path, config) -> float | None:
+    command = [sys.executable, "-m", "runtimes.tune", "--bundle", str(root), "--confirm-child", json.dumps(config.as_dict())]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"])
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def _confirm_child(root: Path, config_dict: dict[str, Any]) -> int:
+    """In a fresh process: load ``config_dict`` as ``runtimes.run --bundle`` would and time it."""
+    from runtimes.bundle import open_bundle
+    from runtimes.tuned import TUNED, Configuration, Tuned, classifier_for, tuned_attempts
+
+    config = Configuration.from_dict(config_dict)
+    with open_bundle(root) as opened:
+        attempt = tuned_attempts(opened, Tuned(Path(root) / TUNED, (config,)), {})[0]
+        with classifier_for(attempt) as classifier:
+            batch = _noise(config.batch_size, classifier.spec.crop_size)
+            for _ in range(2):
+                classifier.runner.infer(batch)
+            times, end = [], time.perf_counter() + CONFIRM_SECONDS
+            while time.perf_counter() < end or len(times) < 3:
+                t0 = time.perf_counter()
+                classifier.runner.infer(batch)
+                times.append(time.perf_counter() - t0)
+    print(json.dumps({"median_s": statistics.median(times), "calls": len(times)}))
+    return 0
+
+
+# --- the result ------------------------------------------------------------------------------
+
+
+def _bundle_default(opened, candidates: list[Candidate], cores: int, args) -> Candidate | None:
+    """The candidate that is what the bundle runs without tuned.json, where it was tried."""
+    from runtimes.candidates import GPU_PROVIDERS
+
+    provider = opened.providers[0]
+    batch = min(args.batch_sizes or [1])
+    for c in candidates:
+        k = c.config
+        if (k.provider, k.precision, k.batch_size) == (provider, opened.default_precision, batch) and \
+                k.threads in ((None,) if provider in GPU_PROVIDERS else (cores,)) and k.hint in (None, "LATENCY"):
+            return c
+    return None
+
+
+def _speedup(default: Candidate | None, choice: Candidate | None, per_image: bool) -> dict[str, Any] | None:
+    from runtimes.race import ratio
+
+    if default is None:
+        return None
+    if choice is None or default.entrant is None or not default.entrant.measured:
+        return {"default": default.config.as_dict(), "ratio": None, "why": default.reason or "not timed"}
+    if default is choice:
+        return {"default": default.config.as_dict(), "ratio": 1.0}
+    r = ratio(default.entrant, choice.entrant)
+    if r is None:
+        return {"default": default.config.as_dict(), "ratio": None, "why": "not timed in the same rounds"}
+    return {"default": default.config.as_dict(), "ratio": round(r.value, 3),
+            "ci": [round(r.low, 3), round(r.high, 3) if r.high != float("inf") else None], "rounds": r.rounds}
+
+
+def _protocol(args, race, pairs: int) -> dict[str, Any]:
+    from runtimes import race as racing
+
+    return {
+        "budget_s": args.budget_s,
+        "metric": args.metric,
+        "min_gain": args.min_gain,
+        "gate": "reference replay at the candidate's batch size; runtimes.tolerances per precision; NaN or Inf rejects",
+        "rounds": race.rounds,
+        "stopped_because": race.stopped_because,
+        "block_s": racing.BLOCK_S,
+        "warmup_calls": 1,
+        "gap_s": racing.GAP_S,
+        "confidence": racing.CONFIDENCE,
+        "interval": "Student's t on the log of per-round paired ratios",
+        "min_rounds": racing.MIN_ROUNDS,
+        "strikes": racing.STRIKES,
+        "confirm_pairs": pairs,
+        "confirm_seconds": CONFIRM_SECONDS,
+        "others_cpu_cores_per_round": [round(b, 2) for b in race.busy],
+    }
+
+
+def _ordered(candidates: list[Candidate]) -> list[Candidate]:
+    def key(c: Candidate) -> tuple:
+        e = c.entrant
+        return (STATUS_ORDER.index(c.status) if c.status in STATUS_ORDER else len(STATUS_ORDER),
+                e.median_cost if e is not None and e.measured else float("inf"))
+
+    return sorted(candidates, key=key)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _markdown(record: dict[str, Any], path: Path) -> str:
+    device = record["device"]
+    lines = [f"{device['cpu']} ({', '.join(device['cpu_flags'])}), {device['cores']} cores"
+             + (f", GPU {', '.join(device['gpu'])}" if device["gpu"] else "")
+             + f"; metric {record['metric']}, {record['seconds']:.0f} s of a {record['protocol']['budget_s']:g} s budget, "
+             f"{record['protocol']['rounds']} rounds ({record['protocol']['stopped_because']})", "",
+             "| configuration | gate | p50 ms | p99 ms | vs choice (99% CI) | status | reason |",
+             "|---|---|---|---|---|---|---|"]
+    for c in record["candidates"]:
+        label = _label(c)
+        gate = "" if c["gate"] is None else ("pass" if c["gate"]["passed"] else "FAIL")
+        t = c.get("timing") or {}
+        vs = ""
+        if c["status"] == "chosen":
+            vs = "1.00x"
+        elif "ratio_to_choice" in t:
+            low, high = t["ratio_ci"]
+            vs = f"{t['ratio_to_choice']:.2f}x ({low:.2f}-{high:.2f})" if high is not None else f"{t['ratio_to_choice']:.2f}x"
+        p50 = f"{t['median_ms']:.2f}" if t else ""
+        p99 = f"{t['p99_ms']:.2f}" if t else ""
+        lines.append(f"| {label} | {gate} | {p50} | {p99} | {vs} | {c['status']} | {_cell(c['reason'])} |")
+    lines.append("")
+    choice = record["choice"]
+    if choice is None:
+        lines.append(f"no choice: no candidate gives PyTorch's answers here; the evidence is in {path}")
+    else:
+        lines.append(f"choice: {_label(choice)}; written to {path}")
+        speedup = record["speedup_vs_default"]
+        if speedup and speedup.get("ratio"):
+            ci = speedup.get("ci")
+            interval = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci and ci[1] is not None else ""
+            lines.append(f"{speedup['ratio']:.2f}x{interval} the bundle's default, {_label(speedup['default'])}")
+        elif speedup:
+            lines.append(f"the bundle's default, {_label(speedup['default'])}: {speedup.get('why', 'not timed')}")
+        confirmation = record["confirmation"]
+        if confirmation.get("done"):
+            lines.append(f"confirmed in {confirmation['pairs']} pairs of fresh processes: the runner-up "
+                         f"{_label(confirmation['runner_up'])} took {confirmation['median']:.2f}x the choice's time")
+        else:
+            lines.append(f"not confirmed in fresh processes: {confirmation['why']}")
+    return "\n".join(lines)
+
+
+def _label(config: dict[str, Any]) -> str:
+    from runtimes.tuned import Configuration
+
+    return Configuration.from_dict(config).label()
+
+
+def _print_plan(args, candidates: list[Candidate], skipped: list[Candidate], reference, pairs: int, out) -> None:
+    seeded = sum(len(x) for x in reference.inputs)
+    plan = {
+        "dry_run": True,
+        "choice": None,
+        "candidates": [{**c.config.as_dict(), "status": "planned", "reason": ""} for c in candidates]
+        + [{**c.config.as_dict(), "status": "skipped", "reason": c.reason} for c in skipped],
+        "plan": {"budget_s": args.budget_s, "metric": args.metric, "to_gate": len(candidates), "dropped": len(skipped),
+                 "reference": {"seeded_rows": seeded, "images": len(reference.images)}, "confirm_pairs": pairs},
+    }
+    if args.json:
+        print(json.dumps(plan, indent=2), file=out)
+        return
+    print(f"{len(candidates)} candidates, {len(skipped)} dropped; budget {args.budget_s:g} s, metric {args.metric}", file=out)
+    for i, c in enumerate(candidates, 1):
+        print(f"  {i:>3}. {c.config.label()}", file=out)
+    for c in skipped:
+        print(f"  dropped: {c.config.label()}: {c.reason}", file=out)
+    print(
+        f"plan: gate each candidate ({seeded} seeded rows and {len(reference.images)} images at its batch size, "
+        f"against PyTorch's logits); race those that pass in interleaved rounds until one is left, the rest tie "
+        f"within {args.min_gain:g}, or the budget is spent; confirm the winner against the runner-up in {pairs} pairs "
+        "of fresh processes; write tuned.json",
+        file=out,
+    )
+
+
+def _plot(record: dict[str, Any], path: Path) -> None:
+    """A bar per candidate: its p50 with the 99% interval of its ratio to the choice; rejected ones hatched, with their reason."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtimes.atomic import write_bytes
+
+    rows = [c for c in record["candidates"] if c.get("timing") or (c["status"] == "rejected" and c.get("gate"))]
+    chosen = next((c for c in rows if c["status"] == "chosen"), None)
+    base = chosen["timing"]["median_ms"] if chosen else None
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
+    colors = {"chosen": "tab:green", "tied": "tab:olive", "eliminated": "tab:gray", "rejected": "tab:red"}
+    for y, c in enumerate(rows):
+        t = c.get("timing") or {}
+        value = t.get("median_ms")
+        if c["status"] == "rejected":  # at its own p50 if it was timed, else as wide as the choice
+            value = value or base or 1.0
+            ax.barh(y, value, color="white", edgecolor="tab:red", hatch="//")
+            ax.text(value, y, f"  rejected: {c['reason'][:90]}", va="center", fontsize=7, color="tab:red")
+            continue
+        error = None
+        if base and t.get("ratio_ci") and t["ratio_ci"][1] is not None:
+            low, high = (r * base for r in t["ratio_ci"])
+            error = [[max(value - low, 0)], [max(high - value, 0)]]
+        ax.barh(y, value, color=colors.get(c["status"], "tab:blue"), xerr=error, capsize=3)
+        ax.text(value, y, f"  {c['status']}", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [_label(c) for c in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("p50 ms per call (bars: 99% interval of the paired ratio to the choice)")
+    ax.set_title(f"runtimes.tune on {record['device']['cpu']}, {record['device']['cores']} cores: "
+                 f"{'choice ' + _label(record['choice']) if record['choice'] else 'no candidate passed'}", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+if __name__ == "__main__":
+    run_cli(main)
