@@ -38,7 +38,7 @@ from runtimes.progress import Progress
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
 # Precisions a runtime applies to the fp32 model itself (OpenVINO's inference hint),
 # as opposed to variant files (fp16, int8) made by converters.quantize.
-RUNTIME_PRECISIONS = ("bf16",)
+RUNTIME_PRECISIONS = ("bf16", "f16")
 # Every row's speed-up is against this row at the same batch size: the default runtime.
 BASELINE = ("cpu", "fp32")
 COLD_START_RUNS = 5
@@ -185,16 +185,16 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{machine['model']} ({', '.join(machine['flags'])}), {machine['physical_cores']} cores; {limit}",
         "",
-        "| runtime | precision | batch | p50 ms | p90 ms | p99 ms | images/s | of the fp32 limit | speed-up vs ORT fp32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| runtime | precision | batch | threads | p50 ms | p90 ms | p99 ms | images/s | of the fp32 limit | speed-up vs ORT fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         name = NAMES.get(r["provider"], r["provider"])
         if "skipped" in r:
-            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | skipped: {_cell(r['skipped'])} |||||||")
+            lines.append(f"| {name} | {r['precision']} | {r['batch_size']} | {r['threads']} | skipped: {_cell(r['skipped'])} |||||||")
             continue
         lines.append(
-            f"| {name} | {r['precision']} | {r['batch_size']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"| {name} | {r['precision']} | {r['batch_size']} | {r['threads']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {format(r['of_limit'], '.0%') if 'of_limit' in r else ''} | "
             f"{_speedup_cell(r)} |"
         )
@@ -257,12 +257,13 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     from runtimes.atomic import write_bytes
 
     fig, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    series: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in report["rows"]:
         if "skipped" not in r:
-            series.setdefault((r["provider"], r["precision"]), []).append(r)
-    for (provider, precision), rows in series.items():
-        label = f"{NAMES.get(provider, provider)} {precision}"
+            series.setdefault((r["provider"], r["precision"], r["threads"]), []).append(r)
+    several = len({key[2] for key in series}) > 1
+    for (provider, precision, threads), rows in series.items():
+        label = f"{NAMES.get(provider, provider)} {precision}" + (f", {threads} threads" if several else "")
         batches = [r["batch_size"] for r in rows]
         latency.plot(batches, [r["median_ms"] for r in rows], marker="o", label=label)
         throughput.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=label)
@@ -345,9 +346,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument(
         "--precisions",
-        help="fp32; variant files beside the model: fp16, int8; OpenVINO's bf16 inference "
+        help="fp32; variant files beside the model: fp16, int8; OpenVINO's bf16 or f16 inference "
              "(default: fp32; with --bundle, every model it holds)",
     )
+    parser.add_argument("--threads", help="comma-separated intra-op thread counts, a row each (default: the physical cores)")
     parser.add_argument("--iterations", type=positive_int, default=50, help="timed calls per row (default: 50)")
     parser.add_argument("--seconds", type=float, help="time budget per row instead of --iterations")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls first (default: 5)")
@@ -363,12 +365,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a markdown table")
     parser.add_argument("--plot", type=Path, help="write latency and throughput per runtime and batch to this PNG")
     args = parser.parse_args(argv)
-    try:
-        args.batch_sizes = _csv(args.batch_sizes, int)
-    except ValueError:
-        parser.error(f"argument --batch-sizes: not a list of integers: {args.batch_sizes!r}")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        parser.error("argument --batch-sizes: must be at least 1")
+    for name in ("batch_sizes", "threads"):
+        text = getattr(args, name)
+        if text is None:
+            continue
+        try:
+            values = _csv(text, int)
+        except ValueError:
+            parser.error(f"argument --{name.replace('_', '-')}: not a list of integers: {text!r}")
+        if not values or min(values) < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be at least 1")
+        setattr(args, name, values)
     if args.seconds is not None and args.seconds <= 0:
         parser.error("argument --seconds: must be positive")
     unknown = [p for p in _csv(args.precisions or "") if p not in BY_PRECISION]
@@ -402,29 +409,32 @@ def _bench(args, models: dict[str, tuple[Path, ModelSpec | None]], providers: li
         runner_class(provider)
     fp32 = models.get("fp32", next(iter(models.values())))[0]
     threads = physical_cores()
-    plan = [(p, prec, b) for prec in precisions for p in providers for b in args.batch_sizes]
+    thread_counts = args.threads or [threads]
+    plan = [(p, prec, b, t) for prec in precisions for p in providers for b in args.batch_sizes for t in thread_counts]
     progress = Progress(len(plan) * args.rounds + 1 + (args.images is not None) + (not args.no_cold_start))
     progress.step("counting FLOPs and measuring the GEMM peak")
     limit = hardware_limit(fp32, threads)
-    measured: dict[tuple[str, str, int], list] = {item: [] for item in plan}  # per round: (row, times)
+    measured: dict[tuple[str, str, int, int], list] = {item: [] for item in plan}  # per round: (row, times)
     for round_ in range(args.rounds):
         # Every other round runs the plan backwards, so a slow spell on a shared machine
         # does not always land on the same rows.
-        for provider, precision, batch in plan if round_ % 2 == 0 else plan[::-1]:
-            progress.step(f"{provider} {precision} batch {batch}" + (f", round {round_ + 1}" if args.rounds > 1 else ""))
-            earlier = measured[(provider, precision, batch)]
+        for provider, precision, batch, count in plan if round_ % 2 == 0 else plan[::-1]:
+            progress.step(f"{provider} {precision} batch {batch}" + (f", {count} threads" if args.threads else "")
+                          + (f", round {round_ + 1}" if args.rounds > 1 else ""))
+            earlier = measured[(provider, precision, batch, count)]
             if any(times is None for _, times in earlier):
                 continue  # skipped once: the whole row is
-            earlier.append(_row(args, models, provider, precision, batch))
+            earlier.append(_row(args, models, provider, precision, batch, count))
     rows = []
-    for (provider, precision, batch), results in measured.items():
+    for (provider, precision, batch, count), results in measured.items():
         skipped = next((row for row, times in results if times is None), None)
         row = skipped or _summary(results[0][0], [times for _, times in results])
         row["precision"] = precision
+        row["threads"] = count
         if skipped is None:
             if "bound_ms_per_image" in limit:
                 row["of_limit"] = round(limit["bound_ms_per_image"] / (row["median_ms"] / batch), 3)
-            row.update(_speedup(results, measured.get((BASELINE[0], BASELINE[1], batch))))
+            row.update(_speedup(results, measured.get((BASELINE[0], BASELINE[1], batch, count))))
         rows.append(row)
     report: dict[str, Any] = {
         "model": str(args.bundle or args.model),
@@ -444,8 +454,11 @@ def _bench(args, models: dict[str, tuple[Path, ModelSpec | None]], providers: li
     return report
 
 
-def _row(args, models: dict[str, tuple[Path, ModelSpec | None]], provider: str, precision: str, batch: int) -> tuple:
+def _row(args, models: dict[str, tuple[Path, ModelSpec | None]], provider: str, precision: str, batch: int,
+         threads: int) -> tuple:
     """One round of one row: (row, seconds per call), or (row with the reason it is skipped, None)."""
+    from runtimes.adapters import runner_class
+
     path, spec = models.get("fp32" if precision in RUNTIME_PRECISIONS else precision, (None, None))
     skipped = {"provider": provider, "batch_size": batch}
     if provider == "torch" and precision != "fp32":
@@ -457,6 +470,8 @@ def _row(args, models: dict[str, tuple[Path, ModelSpec | None]], provider: str, 
     if not path.is_file():
         return {**skipped, "skipped": f"no {precision} variant at {path}"}, None
     options: dict[str, Any] = {"ckpt": args.ckpt} if provider == "torch" and args.ckpt else {}
+    if "threads" in runner_class(provider).OPTIONS:
+        options["threads"] = threads
     if precision in RUNTIME_PRECISIONS:
         options["precision"] = precision
     return _measure(provider, path, batch, args.iterations, args.warmup, args.seconds, options, spec=spec)

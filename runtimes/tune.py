@@ -44,6 +44,7 @@ from typing import Any
 from runtimes.cli import EXIT_PARITY_FAILED, points, run_cli
 from runtimes.errors import ToolkitError
 from runtimes.progress import Progress
+from runtimes.race import MIN_ROUNDS  # fewer paired rounds give no interval worth printing
 
 DEFAULT_BUDGET_S = 120.0
 DEFAULT_MIN_GAIN = 0.03
@@ -200,18 +201,22 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         progress = stack.enter_context(Progress(len(candidates) + 2 + bool(labelled), err))
         runners = stack.enter_context(contextlib.ExitStack())  # every loaded session, closed at the end
         gate_deadline = deadline - _reserve_s(pairs) - 0.2 * args.budget_s
+        gate_seconds: list[float] = []
         for candidate in candidates:
             progress.step(f"gate: {candidate.config.label()}")
-            if time.monotonic() > gate_deadline:
+            expected = statistics.median(gate_seconds) if gate_seconds else 0.0
+            if time.monotonic() + expected > gate_deadline:
                 candidate.status, candidate.reason = "skipped", "the budget ran out before its gate"
                 continue
+            gate_started = time.monotonic()
             _gate(candidate, opened, reference, runners)
+            gate_seconds.append(time.monotonic() - gate_started)
         if labelled is not None:
             progress.step(f"labelled: {labelled['images']} images against fp32")
             _labelled_check(candidates, labelled, args.max_drop, warnings)
         passing = [c for c in candidates if c.status == "passed"]
         progress.step(f"race: {len(passing)} candidates")
-        race = _race(passing, args, deadline - _reserve_s(pairs), progress, opened.root)
+        race = _race(passing, args, deadline - _reserve_s(pairs), progress)
         choice, ranked = _decide(passing, race, args, list(opened.providers))
         progress.step("confirmation in fresh processes")
         confirmation = _confirm(opened.root, choice, ranked, args, pairs, deadline, warnings)
@@ -425,12 +430,13 @@ def _loaded(candidate: Candidate):
 # --- race -------------------------------------------------------------------------------
 
 
-def _race(passing: list[Candidate], args, deadline_s: float, progress: Progress, root: Path):
-    """Race the candidates that passed; returns the Race (its entrants carry the timings)."""
+def _entrants(passing: list[Candidate]) -> list:
+    """An Entrant per candidate that passed: one timed call is one inference of a seeded batch
+    at its batch size, whose output must be finite."""
     import numpy as np
 
     from runtimes.errors import NonFiniteError
-    from runtimes.race import CpuMonitor, Entrant, Race, block_calls_for
+    from runtimes.race import Entrant, block_calls_for
 
     def make_call(candidate: Candidate):
         batch = _noise(candidate.config.batch_size, candidate.runner.spec.crop_size)
@@ -451,24 +457,29 @@ def _race(passing: list[Candidate], args, deadline_s: float, progress: Progress,
             block_calls_for(candidate.estimate_s), candidate.estimate_s,
             before=candidate.runner.load if reload else None, after=candidate.runner.close if reload else None,
         )
-    race = Race([c.entrant for c in passing], min_gain=args.min_gain, per_image=args.metric == "throughput",
+    return [c.entrant for c in passing]
+
+
+def _race(passing: list[Candidate], args, deadline_s: float, progress: Progress, on_round=None):
+    """Race the candidates that passed until ``deadline_s`` (time.monotonic); returns the Race."""
+    from runtimes.race import CpuMonitor, Race
+
+    race = Race(_entrants(passing), min_gain=args.min_gain, per_image=args.metric == "throughput",
                 max_p99_s=args.max_p99_ms / 1e3 if args.max_p99_ms else None,
                 seed=int.from_bytes(os.urandom(4), "little"))
 
-    def on_round(r: Race) -> None:
+    def report(r: Race) -> None:
         leader = r.leader
-        left = deadline_s - time.monotonic()
         progress.note(f"race round {r.rounds}: {len(r.live)} left, leading {leader.name if leader else '-'}, "
-                      f"{max(left, 0):.0f} s left")
+                      f"{max(deadline_s - time.monotonic(), 0):.0f} s left")
+        if on_round is not None:
+            on_round(r)
 
-    clock_offset = time.perf_counter() - time.monotonic()
-    race.run(deadline_s + clock_offset, on_round=on_round, monitor=CpuMonitor())
+    race.run(deadline_s + time.perf_counter() - time.monotonic(), on_round=report, monitor=CpuMonitor())
     for candidate in passing:
         e = candidate.entrant
-        if e.status == "rejected":
-            candidate.status, candidate.reason = "rejected", e.reason
-        elif e.status == "eliminated":
-            candidate.status, candidate.reason = "eliminated", e.reason
+        if e.status in ("rejected", "eliminated"):
+            candidate.status, candidate.reason = e.status, e.reason
     return race
 
 
@@ -499,7 +510,8 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
             continue
         c.status = "tied"
         r = ratio(c.entrant, choice.entrant)
-        shown = f"{r.value:.2f}x ({r.low:.2f}-{r.high:.2f})" if r is not None and r.rounds > 1 else "not measured"
+        shown = ("not measured" if r is None else f"{r.value:.2f}x ({r.low:.2f}-{r.high:.2f})" if r.rounds >= MIN_ROUNDS
+                 else f"{r.value:.2f}x after {r.rounds} rounds, too few for an interval")
         within = r is not None and r.rounds > 1 and 1 / (1 + args.min_gain) <= r.low and r.high <= 1 + args.min_gain
         c.reason = (f"within {args.min_gain:g} of the choice: {shown}" if within
                     else f"not separated from the choice when the race stopped ({race.stopped_because}): {shown}")
@@ -687,7 +699,8 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
             vs = "1.00x"
         elif "ratio_to_choice" in t:
             low, high = t["ratio_ci"]
-            vs = f"{t['ratio_to_choice']:.2f}x ({low:.2f}-{high:.2f})" if high is not None else f"{t['ratio_to_choice']:.2f}x"
+            vs = (f"{t['ratio_to_choice']:.2f}x ({low:.2f}-{high:.2f})" if high is not None and t["rounds"] >= MIN_ROUNDS
+                  else f"{t['ratio_to_choice']:.2f}x ({t['rounds']} rounds: no interval yet)")
         p50 = f"{t['median_ms']:.2f}" if t else ""
         p99 = f"{t['p99_ms']:.2f}" if t else ""
         lines.append(f"| {label} | {gate} | {p50} | {p99} | {vs} | {c['status']} | {_cell(c['reason'])} |")

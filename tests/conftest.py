@@ -85,3 +85,31 @@ def fresh_images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fresh")
     write_dataset(folder, per_class=10, seed=77)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tune_bundle(tmp_path_factory, demo_export, demo_int8) -> Path:
+    """A bundle of the demo model in fp32 and int8 for cpu and, where it is installed, OpenVINO:
+    something for runtimes.tune to choose from. Copy it before changing it."""
+    import importlib.util
+
+    from deploy.bundle import build_bundle
+
+    target = "cpu,openvino" if importlib.util.find_spec("openvino") else "cpu"
+    folder, _ = build_bundle(demo_export.path, tmp_path_factory.mktemp("tune") / "gnet", target=target, variants=["int8"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tuned_bundle(tmp_path_factory, tune_bundle) -> Path:
+    """``tune_bundle`` tuned on this machine (cpu and openvino, fp32 and int8, 2 threads, with one
+    confirming pair of fresh processes): its tuned.json beside bundle.json. Copy it before changing it."""
+    import shutil
+
+    from runtimes.tune import main
+
+    folder = tmp_path_factory.mktemp("tuned") / "gnet"
+    shutil.copytree(tune_bundle, folder)
+    status = main(["--bundle", str(folder), "--precisions", "fp32,int8", "--threads", "2", "--budget-s", "50", "--json"])
+    assert status == 0 and (folder / "tuned.json").is_file()
+    return folder

@@ -75,7 +75,9 @@ def test_a_tiny_run_writes_every_output(demo_export, demo_ckpt, tmp_path, capsys
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| ONNX Runtime CPU | fp32 | 2 |" in table and "| PyTorch eager (reference) | fp16 | 1 | skipped" in table
+    threads = report["threads"]
+    assert f"| ONNX Runtime CPU | fp32 | 2 | {threads} |" in table
+    assert f"| PyTorch eager (reference) | fp16 | 1 | {threads} | skipped" in table
     assert "shared-core bound" in table and "GEMM peak" in table
 
 
@@ -326,7 +328,7 @@ def test_a_skipped_row_gives_its_whole_reason(demo_export, tmp_path, capsys):
     (row,) = report["rows"]
     assert row["skipped"].startswith("failed to load: torch: pass the checkpoint") and len(row["skipped"]) > 120
     assert row["skipped"].endswith("and no such file is beside the model"), row["skipped"]
-    assert f"| PyTorch eager (reference) | fp32 | 1 | skipped: {row['skipped']} |||||||" in _markdown(report).splitlines()
+    assert f"| PyTorch eager (reference) | fp32 | 1 | {row['threads']} | skipped: {row['skipped']} |||||||" in _markdown(report).splitlines()
 
 
 def test_a_model_with_nothing_to_count_is_measured_with_a_note_instead_of_a_limit(tmp_path, capsys):
