@@ -11,8 +11,9 @@ The protocol:
   rounds) as the ratio of their costs in the same round: slow spells of the machine hit
   both and cancel. Over the rounds those ratios give a confidence interval (Student's t
   on their logarithms, ``CONFIDENCE``).
-- An entrant is eliminated once its interval lies wholly above 1 at ``STRIKES``
-  consecutive rounds, never before ``MIN_ROUNDS`` rounds. One whose interval lies wholly within ``1 +- min_gain`` of the
+- An entrant is eliminated once its interval lies wholly above ``1 + min_gain`` at
+  ``STRIKES`` consecutive rounds, never before ``MIN_ROUNDS`` rounds: one slower by
+  less than that is a tie, settled by the caller's tie-break, not by noise. One whose interval lies wholly within ``1 +- min_gain`` of the
   leader is a tie. The race stops when one entrant is left, when the rest are ties, or
   at the deadline.
 
@@ -39,7 +40,7 @@ BLOCK_S = 0.1  # the timed part of a block, about
 MIN_BLOCK_CALLS, MAX_BLOCK_CALLS = 3, 30
 GAP_S = 0.02
 # Two-sided 99% quantiles of Student's t for 1..30 degrees of freedom (standard tables);
-# beyond 30, the normal quantile with the first Cornish-Fisher correction is within 0.3%.
+# beyond 30, the normal quantile with the first Cornish-Fisher correction is within 0.4%.
 _T99 = (63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169, 3.106, 3.055, 3.012, 2.977, 2.947,
         2.921, 2.898, 2.878, 2.861, 2.845, 2.831, 2.819, 2.807, 2.797, 2.787, 2.779, 2.771, 2.763, 2.756, 2.750)
 _Z99 = 2.5758
@@ -139,8 +140,15 @@ class Race:
 
     @property
     def leader(self) -> Entrant | None:
+        """The live entrant with the lowest geometric-mean cost over the rounds every live one
+        ran: paired like the ratios, so a slow spell in some rounds favours nobody."""
         live = self.live
-        return min(live, key=lambda e: e.median_cost) if live else None
+        if not live:
+            return None
+        shared = [i for i in range(self.rounds) if all(i < len(e.costs) and e.costs[i] for e in live)]
+        if not shared:
+            return min(live, key=lambda e: e.median_cost)
+        return min(live, key=lambda e: sum(math.log(e.costs[i]) for i in shared))
 
     def round_seconds(self) -> float:
         """What the next round should take, from what the last ones did."""
@@ -201,19 +209,20 @@ class Race:
         self.rounds += 1
 
     def eliminate(self) -> None:
-        """Drop each entrant slower than the leader with confidence, and any over ``max_p99_s``."""
+        """Drop any entrant over ``max_p99_s``, then each one slower than the leader by more
+        than ``min_gain`` with confidence (closer than that is a tie, for the tie-break to settle)."""
         if self.rounds < self.min_rounds:
             return
-        leader = self.leader
         for entrant in self.live:
             if self.max_p99_s is not None and p99(entrant.call_times) > self.max_p99_s:
                 entrant.status = "eliminated"
                 entrant.reason = f"p99 {p99(entrant.call_times) * 1e3:.1f} ms is over --max-p99-ms {self.max_p99_s * 1e3:g}"
-                continue
+        leader = self.leader
+        for entrant in self.live:
             if entrant is leader:
                 continue
             r = ratio(entrant, leader)
-            entrant.strikes = entrant.strikes + 1 if r is not None and r.low > 1 else 0
+            entrant.strikes = entrant.strikes + 1 if r is not None and r.low > 1 + self.min_gain else 0
             if entrant.strikes >= STRIKES:
                 entrant.status = "eliminated"
                 entrant.reason = (f"slower than {leader.name} with {CONFIDENCE:.0%} confidence after {r.rounds} rounds: "

@@ -493,7 +493,7 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
         return None, []
     measured = [c for c in live if c.entrant.measured]
     if measured:
-        leader = min(measured, key=lambda c: c.entrant.median_cost)
+        leader = next(c for c in measured if c.entrant is race.leader)
         close = [c for c in measured if c is leader or (ratio(c.entrant, leader.entrant) or _never()).value <= 1 + args.min_gain]
     else:  # no round fitted in the budget: the gate's timing is all there is
         leader = min(live, key=lambda c: c.estimate_s)
@@ -783,12 +783,12 @@ def _plot(record: dict[str, Any], path: Path) -> None:
             ax.barh(y, value, color="white", edgecolor="tab:red", hatch="//")
             ax.text(value, y, f"  rejected: {c['reason'][:90]}", va="center", fontsize=7, color="tab:red")
             continue
-        error = None
-        if base and t.get("ratio_ci") and t["ratio_ci"][1] is not None:
+        error, end = None, value
+        if base and t.get("ratio_ci") and t["ratio_ci"][1] is not None and t["rounds"] >= MIN_ROUNDS:
             low, high = (r * base for r in t["ratio_ci"])
-            error = [[max(value - low, 0)], [max(high - value, 0)]]
+            error, end = [[max(value - low, 0)], [max(high - value, 0)]], max(high, value)
         ax.barh(y, value, color=colors.get(c["status"], "tab:blue"), xerr=error, capsize=3)
-        ax.text(value, y, f"  {c['status']}", va="center", fontsize=7)
+        ax.text(end, y, f"  {c['status']}", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [_label(c) for c in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("p50 ms per call (bars: 99% interval of the paired ratio to the choice)")

