@@ -201,7 +201,8 @@ def usable_tuned(bundle: str | Path, opened: Bundle, given: dict[str, Any], say:
         return None
     if tuned is not None:
         gain = f", {tuned.speedup:.2f}x the bundle's default here" if tuned.speedup else ""
-        say(f"tuned: {tuned.choice.label()} ({tuned.path}{gain})")
+        threads = f"; --threads {given['threads']} instead of its threads" if given.get("threads") else ""
+        say(f"tuned: {tuned.choice.label()} ({tuned.path}{gain}){threads}")
         return tuned
     if why_not is not None:
         say(f"warning: {tuned_path(bundle)} not used: {why_not}; the bundle's default runs "

@@ -161,6 +161,7 @@ def test_threads_flag_keeps_the_tuned_choice(copy, record):
     assert result.returncode == 0, result.stderr
     tuned = lines(result.stderr, "tuned:")
     assert len(tuned) == 1 and tuned[0].startswith(f"tuned: {label(choice)}"), result.stderr
+    assert tuned[0].endswith("; --threads 1 instead of its threads"), result.stderr
     assert not lines(result.stderr, "note:") and not lines(result.stderr, "warning:")
     assert ran_on(result.stderr) == RUNS_ON[choice["provider"]]
     assert_correct(result.stdout)
