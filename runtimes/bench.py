@@ -378,9 +378,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         setattr(args, name, values)
     if args.seconds is not None and args.seconds <= 0:
         parser.error("argument --seconds: must be positive")
-    unknown = [p for p in _csv(args.precisions or "") if p not in BY_PRECISION]
+    known = list(dict.fromkeys([*BY_PRECISION, *RUNTIME_PRECISIONS]))
+    unknown = [p for p in _csv(args.precisions or "") if p not in known]
     if unknown:
-        parser.error(f"argument --precisions: unknown {unknown[0]!r}; known: {', '.join(BY_PRECISION)}")
+        parser.error(f"argument --precisions: unknown {unknown[0]!r}; known: {', '.join(known)}")
     if args.images is not None and not args.images.is_dir():
         parser.error(f"argument --images: {args.images} is not a folder")
     return args

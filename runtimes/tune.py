@@ -24,7 +24,7 @@
 
 The whole run, gate included, keeps to ``--budget-s``. Exit status: 0 a choice was
 made; 3 no candidate gives PyTorch's answers (the evidence is written, with no
-choice); 2 a user error.
+choice); 2 a user error, or no candidate could run here at all (the evidence is written too).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtimes.cli import EXIT_PARITY_FAILED, points, run_cli
+from runtimes import __version__
+from runtimes.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, points, run_cli
 from runtimes.errors import ToolkitError
 from runtimes.progress import Progress
 from runtimes.race import MIN_ROUNDS  # fewer paired rounds give no interval worth printing
@@ -195,7 +196,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         labelled = _read_labelled(args, opened) if args.labelled else None
         warnings: list[str] = []
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        if load > 0.75 * cpu["physical_cores"]:
+        if load > cpu["physical_cores"]:
             warnings.append(f"the machine was busy before tuning began (load average {load:.1f} on "
                             f"{cpu['physical_cores']} cores): timings will be noisier")
         progress = stack.enter_context(Progress(len(candidates) + 2 + bool(labelled), err))
@@ -228,7 +229,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         default = _bundle_default(opened, candidates, cpu["physical_cores"], args)
         record = {
             "format": 1,
-            "tuned_by": f"googlenet-deploy {_toolkit_version()}",
+            "tuned_by": f"googlenet-deploy {__version__}",
             "bundle": str(args.bundle),
             "bundle_json_sha256": sha256_file(opened.root / MANIFEST),
             "device": fingerprint(),
@@ -244,19 +245,19 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         }
     from runtimes.atomic import write_text
 
-    path = write_text(tuned_path(args.bundle), json.dumps(record, indent=2) + "\n")
+    try:
+        path = write_text(tuned_path(args.bundle), json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise TuneError(f"cannot write {tuned_path(args.bundle)}: {exc.strerror or exc}") from None
     for warning in warnings:
         print(f"warning: {warning}", file=err)
     print(json.dumps(record, indent=2) if args.json else _markdown(record, path), file=out)
     if args.plot:
         _plot(record, args.plot)
-    return 0 if choice is not None else EXIT_PARITY_FAILED
-
-
-def _toolkit_version() -> str:
-    from runtimes import __version__
-
-    return __version__
+    if choice is not None:
+        return 0
+    # nothing judged wrong, nothing able to run: not a parity failure, but this machine's lack
+    return EXIT_PARITY_FAILED if any(c.status == "rejected" for c in candidates) else EXIT_USER_ERROR
 
 
 def _confirm_pairs(budget_s: float) -> int:
@@ -707,7 +708,9 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
     lines.append("")
     choice = record["choice"]
     if choice is None:
-        lines.append(f"no choice: no candidate gives PyTorch's answers here; the evidence is in {path}")
+        judged = any(c["status"] == "rejected" for c in record["candidates"])
+        lines.append(f"no choice: {'no candidate gives' if judged else 'no candidate could run to give'} PyTorch's "
+                     f"answers here; the evidence is in {path}")
     else:
         lines.append(f"choice: {_label(choice)}; written to {path}")
         speedup = record["speedup_vs_default"]

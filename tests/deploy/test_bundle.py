@@ -245,6 +245,19 @@ def test_openvino_target_pins_openvino_and_prefers_it(model_with_variant, tmp_pa
     assert "provider openvino (OpenVINO:CPU)" in proc.stdout
 
 
+def test_several_targets_pin_each_runtime_and_list_their_providers_in_order(model_with_variant, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is an optional extra: pip install 'googlenet-deploy[openvino]'")
+    folder, _ = build_bundle(model_with_variant, tmp_path / "both", target="cpu,openvino", variants=["fp16"])
+    pins = [line.split("==")[0] for line in (folder / "requirements.txt").read_text().splitlines()
+            if "==" in line]
+    assert "onnxruntime" in pins and "openvino" in pins and "onnxruntime-gpu" not in pins
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["target"] == "cpu,openvino" and manifest["providers"] == ["cpu", "openvino", "opencv"]
+    assert "python -m runtimes.tune --bundle ." in (folder / "README.md").read_text()
+    with open_bundle(folder) as opened:
+        assert opened.providers == ("cpu", "openvino", "opencv") and list(opened.models) == ["fp32", "fp16"]
+
+
 @pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
 def test_a_hostile_tarball_writes_nothing_outside(tmp_path, kind):
     import io

@@ -242,3 +242,28 @@ def test_the_table_names_the_choice_and_its_speed_up_over_the_default(tuned_bund
     assert speedup["ratio"] > 1.5 and f"{speedup['ratio']:.2f}x" in table
     assert record["confirmation"]["done"] and record["confirmation"]["pairs"] == 1
     assert record["device"]["cpu"] and record["bundle_json_sha256"]
+
+
+def test_the_throughput_metric_adds_batch_sizes_and_openvinos_throughput_hint(tune_bundle, capsys):
+    assert tune.main(["--bundle", str(tune_bundle), "--metric", "throughput", "--precisions", "fp32", "--threads", "2",
+                      "--dry-run", "--json"]) == 0
+    planned = [c for c in json.loads(capsys.readouterr().out)["candidates"] if c["status"] == "planned"]
+    assert {c["batch_size"] for c in planned} == {1, 8}
+    hints = {c["hint"] for c in planned if c["provider"] == "openvino"}
+    assert hints == ({"LATENCY", "THROUGHPUT"} if any(c["provider"] == "openvino" for c in planned) else set())
+    assert tune.main(["--bundle", str(tune_bundle), "--precisions", "fp32", "--threads", "2", "--dry-run", "--json"]) == 0
+    latency = json.loads(capsys.readouterr().out)["candidates"]
+    assert all(c["status"] == "skipped" and "THROUGHPUT" in c["reason"] for c in latency if c["hint"] == "THROUGHPUT")
+
+
+def test_no_candidate_able_to_run_here_exits_2_with_the_evidence(bundle, capsys):
+    from runtimes.adapters import unavailable_reason
+
+    if unavailable_reason("cuda") is None:
+        pytest.skip("cuda runs here: the test needs a provider that cannot")
+    status, record = _tune(capsys, "--bundle", str(bundle), "--providers", "cuda", "--precisions", "fp32",
+                           "--budget-s", "5")
+    assert status == 2 and record["choice"] is None
+    assert [c["status"] for c in record["candidates"]] == ["skipped"]
+    assert record["candidates"][0]["reason"].startswith("cuda cannot run here:")
+    assert json.loads((bundle / "tuned.json").read_text())["choice"] is None
