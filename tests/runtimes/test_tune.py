@@ -157,11 +157,12 @@ def test_dry_run_predicts_the_candidates_and_the_budget_is_kept(bundle, capsys):
     gated = [c for c in record["candidates"] if c["gate"] is not None]
     assert status == 0 and len(gated) == len(planned)
     assert elapsed <= 9 + 1.0 and record["seconds"] <= 9, elapsed
-    # a budget too small for every gate: the rest are skipped, and it is still kept
+    # a budget too small for every gate (each loads a session and replays 23 rows): the rest
+    # are skipped, and it is still kept, give or take the one gate under way
     started = time.monotonic()
-    status, record = _tune(capsys, *flags, "--budget-s", "3")
+    status, record = _tune(capsys, *flags, "--budget-s", "1")
     elapsed = time.monotonic() - started
-    assert elapsed <= 3 + 1.5, elapsed
+    assert elapsed <= 1 + 1.5, elapsed
     assert any(c["reason"] == "the budget ran out before its gate" for c in record["candidates"])
 
 
