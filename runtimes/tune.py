@@ -52,7 +52,7 @@ DEFAULT_MIN_GAIN = 0.03
 DEFAULT_MAX_DROP = 1.0  # points of top-1, with --labelled
 CONFIRM_PAIRS = 2
 CONFIRM_SECONDS = 1.0  # timed calls per confirming process
-CHILD_OVERHEAD_S = 4.0  # start-up, imports and load of one confirming process, about (2-core Xeon: 2-3 s)
+CHILD_OVERHEAD_S = 1.5  # start-up, imports and load of one confirming process (2-core Xeon: 0.4-1.1 s)
 MIN_FREE_MEMORY = 2 << 30  # below this much available memory, a gated session is closed until its block
 BUSY_CORES = 0.5  # other processes using more than this many cores during a round: warn
 BUSY_SPREAD = 0.15  # a median within-block interquartile range above this share of the median: warn
@@ -722,7 +722,8 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
             lines.append(f"the bundle's default, {_label(speedup['default'])}: {speedup.get('why', 'not timed')}")
         confirmation = record["confirmation"]
         if confirmation.get("done"):
-            lines.append(f"confirmed in {confirmation['pairs']} pairs of fresh processes: the runner-up "
+            pairs = f"{confirmation['pairs']} pair{'s' if confirmation['pairs'] != 1 else ''}"
+            lines.append(f"confirmed in {pairs} of fresh processes: the runner-up "
                          f"{_label(confirmation['runner_up'])} took {confirmation['median']:.2f}x the choice's time")
         else:
             lines.append(f"not confirmed in fresh processes: {confirmation['why']}")

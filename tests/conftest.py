@@ -102,8 +102,8 @@ def tune_bundle(tmp_path_factory, demo_export, demo_int8) -> Path:
 
 @pytest.fixture(scope="session")
 def tuned_bundle(tmp_path_factory, tune_bundle) -> Path:
-    """``tune_bundle`` tuned on this machine (cpu and openvino, fp32 and int8, 2 threads, with one
-    confirming pair of fresh processes): its tuned.json beside bundle.json. Copy it before changing it."""
+    """``tune_bundle`` tuned on this machine (cpu and openvino, fp32 and int8, 2 threads, with
+    confirming pairs of fresh processes): its tuned.json beside bundle.json. Copy it before changing it."""
     import shutil
 
     from runtimes.tune import main

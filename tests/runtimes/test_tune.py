@@ -241,7 +241,10 @@ def test_the_table_names_the_choice_and_its_speed_up_over_the_default(tuned_bund
     speedup = record["speedup_vs_default"]
     assert speedup["default"] == {"provider": "cpu", "precision": "fp32", "batch_size": 1, "threads": 2, "hint": None}
     assert speedup["ratio"] > 1.5 and f"{speedup['ratio']:.2f}x" in table
-    assert record["confirmation"]["done"] and record["confirmation"]["pairs"] == 1
+    confirmation = record["confirmation"]
+    assert confirmation["done"] and confirmation["pairs"] == tune._confirm_pairs(50) >= 1
+    assert len(confirmation["runner_up_over_choice"]) == confirmation["pairs"]
+    assert confirmation["runner_up"] == (record["choice"] if confirmation["swapped"] else record["fallbacks"][0])
     assert record["device"]["cpu"] and record["bundle_json_sha256"]
 
 
