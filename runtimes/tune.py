@@ -764,21 +764,33 @@ def _print_plan(args, candidates: list[Candidate], skipped: list[Candidate], ref
 
 
 def _plot(record: dict[str, Any], path: Path) -> None:
-    """A bar per candidate: its p50 with the 99% interval of its ratio to the choice; rejected ones hatched, with their reason."""
+    """Write :func:`figure` as a PNG, atomically."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    from runtimes.atomic import write_bytes
+
+    fig = figure(record)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def figure(record: dict[str, Any]):
+    """A bar per candidate: its p50 with the 99% interval of its ratio to the choice; rejected
+    ones hatched, with their reason, so a fast-but-wrong one is visibly refused."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtimes.atomic import write_bytes
-
     rows = [c for c in record["candidates"] if c.get("timing") or (c["status"] == "rejected" and c.get("gate"))]
     chosen = next((c for c in rows if c["status"] == "chosen"), None)
     base = chosen["timing"]["median_ms"] if chosen else None
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
-    colors = {"chosen": "tab:green", "tied": "tab:olive", "eliminated": "tab:gray", "rejected": "tab:red"}
+    colors = {"chosen": "tab:green", "tied": "tab:olive", "eliminated": "tab:gray"}
     for y, c in enumerate(rows):
         t = c.get("timing") or {}
         value = t.get("median_ms")
@@ -799,10 +811,7 @@ def _plot(record: dict[str, Any], path: Path) -> None:
     ax.set_title(f"runtimes.tune on {record['device']['cpu']}, {record['device']['cores']} cores: "
                  f"{'choice ' + _label(record['choice']) if record['choice'] else 'no candidate passed'}", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    return fig
 
 
 if __name__ == "__main__":

@@ -271,3 +271,21 @@ def test_no_candidate_able_to_run_here_exits_2_with_the_evidence(bundle, capsys)
     assert [c["status"] for c in record["candidates"]] == ["skipped"]
     assert record["candidates"][0]["reason"].startswith("cuda cannot run here:")
     assert json.loads((bundle / "tuned.json").read_text())["choice"] is None
+
+
+def test_the_plot_draws_a_bar_per_candidate_and_hatches_the_rejected(tuned_bundle, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
+    record = json.loads((tuned_bundle / "tuned.json").read_text())
+    wrong = {"provider": "fastwrong", "precision": "fp32", "batch_size": 1, "threads": 2, "hint": None,
+             "status": "rejected", "reason": "18 images: 3 logits outside atol", "timing": None,
+             "gate": {"passed": False, "seconds": 0.1, "checks": []}}
+    record["candidates"].append(wrong)
+    timed = [c for c in record["candidates"] if c.get("timing")]
+    fig = tune.figure(record)
+    bars = fig.axes[0].patches
+    assert len(bars) == len(timed) + 1
+    assert [b.get_hatch() for b in bars].count("//") == 1
+    texts = [t.get_text().strip() for t in fig.axes[0].texts]
+    assert "rejected: 18 images: 3 logits outside atol" in texts and texts.count("chosen") == 1
+    tune._plot(record, tmp_path / "tune.png")
+    assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
