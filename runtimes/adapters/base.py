@@ -97,6 +97,31 @@ class Runner(ABC):
             )
         return logits
 
+    def load_graph(self) -> "Runner":
+        """Load any graph on this runtime, unchecked and without a warm-up: the divergence
+        locator runs cut and marked copies of a model whose outputs are not logits."""
+        if not self._loaded:
+            require_model(self.model_path)
+            reason = self.unavailable_reason()
+            if reason is None:
+                self._load_impl()
+            else:
+                self._load_unavailable(reason)
+            self._loaded = True
+        return self
+
+    def outputs(self, feeds: dict[str, "np.ndarray"], names: list[str]) -> dict[str, "np.ndarray"]:
+        """The graph outputs ``names`` for the inputs ``feeds`` (by name); one line if the runtime fails."""
+        try:
+            return self._outputs_impl(feeds, names)
+        except ToolkitError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{self.name}: cannot run {self.model_path}: {first_line(exc)}") from None
+
+    def _outputs_impl(self, feeds: dict[str, "np.ndarray"], names: list[str]) -> dict[str, "np.ndarray"]:
+        raise ProviderError(f"{self.name} cannot run a graph's intermediate tensors")
+
     def _warm_up(self) -> None:
         """Run one batch of black images (the graph's fixed batch size, else 1): the runtime must run it, finitely."""
         import numpy as np

@@ -47,6 +47,16 @@ class OpencvRunner(Runner):
             self.net.setInput(batch)
             return self.net.forward().copy()
 
+    def _outputs_impl(self, feeds: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        if len(names) != 1:
+            raise ProviderError("opencv: cv2.dnn gives one graph output at a time; cut the graph to each")
+        with self._lock:
+            if self.options["threads"]:
+                self._cv2.setNumThreads(self.options["threads"])
+            for name, value in feeds.items():
+                self.net.setInput(value, name)
+            return {names[0]: self.net.forward().copy()}
+
     def _active_providers_impl(self) -> list[str]:
         return ["OpenCV:CPU"]
 

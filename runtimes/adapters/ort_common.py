@@ -93,6 +93,9 @@ class OrtRunner(Runner):
     def _infer_impl(self, batch: Any) -> Any:
         return self.session.run([self.spec.output_name], {self.spec.input_name: batch}, self._run_options)[0]
 
+    def _outputs_impl(self, feeds: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        return dict(zip(names, self.session.run(names, feeds, self._run_options)))
+
     def _active_providers_impl(self) -> list[str]:
         return list(self.session.get_providers())
 

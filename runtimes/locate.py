@@ -1,0 +1,533 @@
+"""Where a runtime or precision stops giving the reference's answers: the first layer that
+diverges, and whether it is a culprit or error accumulated over many layers.
+
+The reference is ONNX Runtime CPU on the fp32 model with every graph optimization off,
+so every ONNX tensor exists; its logits must first pass fp32 parity against PyTorch's
+recorded answers (the anchor). The candidate is a model file (the fp32 one, a variant,
+or any copy derived from it) on a provider. Tensors are matched by name: an fp16 file's
+inserted Casts are skipped, and an int8 file's DequantizeLinear output stands for the
+fp32 tensor its QuantizeLinear took in.
+
+- mark-all: every matched tensor becomes a graph output and both sides run once.
+- bisect: for runtimes that give one output at a time (OpenCV DNN), the candidate graph is
+  cut before each probe and a binary search finds the first topological index whose
+  frontier diverges.
+
+A tensor diverges when its relative L2 error exceeds the precision's budget and is
+``JUMP`` times the error of its inputs. The first diverging nodes are then run alone on
+the candidate runtime, fed the reference's own inputs: a large local error names a
+culprit; small local errors under a growing total are accumulated error.
+
+Needs the ``onnx`` package (no torch): ``pip install onnx``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.errors import ToolkitError
+
+# Relative L2 error a tensor may carry in each precision before it counts as diverging,
+# calibrated on the demo model's seeded inputs (2-core Xeon): the benign floor, the largest
+# error on any tensor, was 9e-7 for ORT with its optimizations on against off, 2e-6 for
+# OpenVINO and OpenCV DNN in fp32, 1.1e-3 for the fp16 file on ORT, 3e-3 for OpenVINO's
+# f16, 1.3e-2 for its bf16 and 0.17 for the int8 file on ORT and OpenVINO. Each budget is
+# 3 to 50 times its floor.
+BUDGETS = {"fp32": 1e-4, "fp16": 1e-2, "f16": 1e-2, "bf16": 6e-2, "int8": 0.5}
+JUMP = 2.0  # a tensor's error must be this many times its inputs' to be its own
+LOCAL_CHECKS = 3  # the first diverging nodes run alone
+CULPRIT_SHARE = 0.25  # a culprit's local error is at least this share of the error at the logits
+
+
+class LocateError(ToolkitError):
+    """The locator cannot run as asked."""
+
+
+@dataclass
+class TensorStat:
+    index: int  # topological index of the node in the reference graph
+    node: str
+    op: str
+    tensor: str
+    observable: bool = True
+    rel_l2: float | None = None
+    max_abs: float | None = None
+    cosine: float | None = None
+    inherited: float = 0.0  # the largest error among its inputs
+    local: float | None = None  # the node alone, fed the reference's inputs
+    layer: str = ""  # the candidate's node that computes this tensor (a fused Conv for a Relu's output)
+    layer_op: str = ""
+
+    @property
+    def jump(self) -> float | None:
+        if self.rel_l2 is None:
+            return None
+        return self.rel_l2 / self.inherited if self.inherited > 0 else math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "node": self.node, "op": self.op, "tensor": self.tensor,
+                "observable": self.observable, "rel_l2": self.rel_l2, "max_abs": self.max_abs,
+                "cosine": self.cosine, "inherited": self.inherited,
+                "jump": None if self.jump in (None, math.inf) else self.jump, "local": self.local,
+                "layer": self.layer, "layer_op": self.layer_op}
+
+
+@dataclass
+class Located:
+    mode: str
+    budget: float
+    stats: list[TensorStat]
+    verdict: dict[str, Any]
+    reduced: bytes | None = None  # the smallest failing model, serialized
+    reduced_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def onnx_module():
+    try:
+        import onnx
+    except ImportError:
+        raise LocateError("runtimes.diverge needs the onnx package (no torch): pip install onnx") from None
+    return onnx
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+    """(relative L2, max |d|, cosine) of ``out`` against ``ref``."""
+    r = np.asarray(ref, np.float64).ravel()
+    o = np.asarray(out, np.float64).ravel()
+    if r.shape != o.shape:
+        return math.inf, math.inf, 0.0
+    if not np.isfinite(o).all():
+        return math.inf, math.inf, 0.0
+    d = o - r
+    norm = float(np.linalg.norm(r))
+    rel = float(np.linalg.norm(d)) / norm if norm > 0 else float(np.linalg.norm(d))
+    cos = float(r @ o / (norm * np.linalg.norm(o))) if norm > 0 and np.linalg.norm(o) > 0 else 1.0
+    return rel, float(np.abs(d).max()) if d.size else 0.0, cos
+
+
+# --- graphs -------------------------------------------------------------------------------
+
+
+def elem_types(model) -> dict[str, int]:
+    """Every tensor's ONNX element type, followed through the graph (shape inference gives
+    up on some graphs; the types alone are enough to cut and mark them)."""
+    onnx = onnx_module()
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Cast":
+            out = attrs["to"].i
+        elif node.op_type == "DequantizeLinear":
+            out = types.get(node.input[1], onnx.TensorProto.FLOAT)
+        elif node.op_type == "QuantizeLinear":
+            out = types.get(node.input[2], onnx.TensorProto.UINT8) if len(node.input) > 2 else onnx.TensorProto.UINT8
+        elif node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
+            out = onnx.TensorProto.INT64
+        else:
+            out = next((types[i] for i in node.input if i in types), onnx.TensorProto.FLOAT)
+        for name in node.output:
+            types[name] = out
+    return types
+
+
+def cut(model, feeds: dict[str, np.ndarray], outputs: list[str]):
+    """The part of ``model`` that computes ``outputs`` from the tensors ``feeds`` names (shaped
+    as those arrays) and the initializers; with ``feeds`` holding just the graph input, the
+    whole model with ``outputs`` as its outputs."""
+    onnx = onnx_module()
+    types = elem_types(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    needed, todo = set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        if name in feeds or name not in producers or id(producers[name]) in needed:
+            continue
+        needed.add(id(producers[name]))
+        todo += list(producers[name].input)
+    nodes = [node for node in model.graph.node if id(node) in needed]
+    used = {name for node in nodes for name in node.input}
+    missing = [n for n in used if n and n not in feeds and n not in producers and
+               n not in {i.name for i in model.graph.initializer}]
+    if missing:
+        raise LocateError(f"cannot cut the graph at {outputs}: {missing[0]} is neither fed nor computed")
+    graph = onnx.helper.make_graph(
+        nodes, "cut",
+        [onnx.helper.make_tensor_value_info(n, types[n], list(v.shape)) for n, v in feeds.items() if n in used],
+        [onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs],
+        initializer=[i for i in model.graph.initializer if i.name in used],
+    )
+    part = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return part
+
+
+def input_types(model) -> dict[str, np.dtype]:
+    onnx = onnx_module()
+    return {i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in model.graph.input}
+
+
+def tensor_map(candidate, reference_names: set[str]) -> dict[str, str]:
+    """candidate tensor -> the reference tensor it stands for."""
+    producers = {out: node for node in candidate.graph.node for out in node.output}
+    found = {}
+    for node in candidate.graph.node:
+        if node.op_type in ("Cast", "QuantizeLinear"):
+            continue
+        for out in node.output:
+            if node.op_type == "DequantizeLinear":
+                source = producers.get(node.input[0])
+                if source is not None and source.op_type == "QuantizeLinear" and source.input[0] in reference_names:
+                    found[out] = source.input[0]
+            elif out in reference_names:
+                found[out] = out
+    return found
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def run_reference(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """``names`` on ONNX Runtime CPU with every graph optimization off."""
+    import onnxruntime as ort
+
+    from runtimes.adapters.ort_common import session_options
+
+    options = session_options(None, spinning=False)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(cut(model, feeds, names).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def run_candidate(provider: str, model, feeds: dict[str, np.ndarray], names: list[str],
+                  options: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``names`` of ``model`` on ``provider``; a runtime giving one output at a time is run once per name."""
+    from runtimes.adapters import create_runner
+
+    one_at_a_time = provider == "opencv" and len(names) > 1
+    groups = [[n] for n in names] if one_at_a_time else [names]
+    found: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="diverge-") as tmp:
+        for i, group in enumerate(groups):
+            part = cut(model, feeds, group)
+            path = Path(tmp) / f"part{i}.onnx"
+            path.write_bytes(part.SerializeToString())
+            types = input_types(part)
+            runner = create_runner(provider, path, None, **options).load_graph()
+            try:
+                found.update(runner.outputs({k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()
+                                             if k in types}, group))
+            finally:
+                runner.close()
+    return found
+
+
+# --- locating --------------------------------------------------------------------------------
+
+
+def locate(reference_model, candidate_model, provider: str, precision: str, x: np.ndarray, *, mode: str = "auto",
+           options: dict[str, Any] | None = None, final_rel: float | None = None) -> Located:
+    """Find where ``candidate_model`` on ``provider`` leaves ``reference_model`` for the input batch ``x``."""
+    options = options or {}
+    budget = BUDGETS[precision]
+    ref_nodes = list(reference_model.graph.node)
+    ref_names = [out for node in ref_nodes for out in node.output]
+    input_name = reference_model.graph.input[0].name
+    feeds = {input_name: x.astype(np.float32)}
+    ref = run_reference(reference_model, feeds, ref_names)
+    mapping = tensor_map(candidate_model, set(ref_names))
+    by_ref: dict[str, str] = {}
+    for c, r in mapping.items():  # an int8 tensor's DequantizeLinear output: what the next layer reads
+        if r not in by_ref or c != r:
+            by_ref[r] = c
+    notes: list[str] = []
+    if mode == "auto":
+        mode = "bisect" if provider == "opencv" else "mark-all"
+    stats = [TensorStat(i, node.name, node.op_type, out, observable=out in by_ref)
+             for i, node in enumerate(ref_nodes) for out in node.output]
+    producers = {out: node for node in candidate_model.graph.node for out in node.output}
+    for s in stats:  # the layer is what computes the tensor, not the DequantizeLinear after it
+        layer = producers.get(s.tensor) or producers.get(by_ref.get(s.tensor, ""))
+        s.layer, s.layer_op = (layer.name, layer.op_type) if layer is not None else ("", "")
+    if mode == "mark-all":
+        names = [by_ref[s.tensor] for s in stats if s.observable]
+        got = run_candidate(provider, candidate_model, feeds, names, options)
+        final = ref_nodes[-1].output[0]
+        marked_final = compare(ref[final], got[by_ref[final]])[0] if final in by_ref else None
+        if final_rel is not None and final_rel > budget and marked_final is not None and marked_final <= budget:
+            notes.append(f"marking every tensor as an output made the candidate pass ({marked_final:.2e} at the "
+                         f"logits, {final_rel:.2e} without): the runtime fuses differently; switched to bisect")
+            mode = "bisect"
+        else:
+            for s in stats:
+                if s.observable:
+                    s.rel_l2, s.max_abs, s.cosine = compare(ref[s.tensor], got[by_ref[s.tensor]])
+    if mode == "bisect":
+        failures = _bisect(stats, ref_nodes, ref, by_ref, candidate_model, provider, feeds, options, budget)
+        if failures:
+            notes.append(f"{len(failures)} cut graphs could not run on {provider}, so their tensors are not "
+                         f"observable: {failures[0]}")
+    _inherit(stats, ref_nodes)
+    diverging = [s for s in stats if s.rel_l2 is not None and s.rel_l2 > budget and s.rel_l2 > JUMP * s.inherited]
+    located = Located(mode, budget, stats, {}, notes=notes)
+    for s in diverging[:LOCAL_CHECKS]:
+        s.local, model, inputs = _local(s, candidate_model, by_ref, {**feeds, **ref}, provider, options)
+        if located.reduced is None and s.local is not None and s.local > budget:
+            located.reduced, located.reduced_inputs = model, inputs
+    located.verdict = _verdict(stats, diverging, budget, precision, final_rel)
+    return located
+
+
+def _bisect(stats, ref_nodes, ref, by_ref, candidate_model, provider, feeds, options, budget) -> list[str]:
+    """Fill in the stats of the tensors probed on the way to the first index whose frontier
+    diverges; returns why the probes the runtime could not run failed."""
+    consumers: dict[str, int] = {}
+    for i, node in enumerate(ref_nodes):
+        for name in node.input:
+            consumers[name] = max(consumers.get(name, -1), i)
+    final = ref_nodes[-1].output[0]
+    by_tensor = {s.tensor: s for s in stats}
+
+    def frontier(k: int) -> list[str]:
+        produced = [out for node in ref_nodes[: k + 1] for out in node.output]
+        return [t for t in produced if (consumers.get(t, -1) > k or t == final) and t in by_ref]
+
+    def probe(t: str) -> None:
+        s = by_tensor[t]
+        if s.rel_l2 is not None or not s.observable:
+            return
+        try:
+            got = run_candidate(provider, candidate_model, feeds, [by_ref[t]], options)
+        except ToolkitError as exc:  # a cut this runtime cannot run: that tensor is not observable here
+            s.observable = False
+            failures.append(str(exc))
+            return
+        s.rel_l2, s.max_abs, s.cosine = compare(ref[t], got[by_ref[t]])
+
+    def diverges(k: int) -> bool:
+        for t in frontier(k):
+            probe(t)
+        return any(by_tensor[t].rel_l2 is not None and by_tensor[t].rel_l2 > budget for t in frontier(k))
+
+    failures: list[str] = []
+
+    low, high = 0, len(ref_nodes) - 1
+    if not diverges(high):
+        return failures
+    while low < high:
+        middle = (low + high) // 2
+        if diverges(middle):
+            high = middle
+        else:
+            low = middle + 1
+    for out in ref_nodes[low].output:  # the first failing index itself, even when nothing later reads it
+        if out in by_ref:
+            probe(out)
+    return failures
+
+
+def _inherit(stats: list[TensorStat], ref_nodes) -> None:
+    """Each tensor's inherited error: the largest among its node's inputs, passed through
+    tensors that were not observed."""
+    effective: dict[str, float] = {}
+    by_tensor = {s.tensor: s for s in stats}
+    for node in ref_nodes:
+        inherited = max((effective.get(name, 0.0) for name in node.input), default=0.0)
+        for out in node.output:
+            s = by_tensor[out]
+            s.inherited = inherited
+            effective[out] = s.rel_l2 if s.rel_l2 is not None else inherited
+
+
+def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options):
+    """The candidate's node for ``s`` alone, on the candidate runtime, fed the reference's
+    inputs (``ref``: every reference tensor and the graph input): (its relative L2 error,
+    that model serialized, its inputs)."""
+    cand_out = by_ref[s.tensor]
+    producers = {out: node for node in candidate_model.graph.node for out in node.output}
+    initializers = {i.name for i in candidate_model.graph.initializer}
+    boundary: list[str] = []
+    todo = list(producers[cand_out].input) if cand_out in producers else []
+    seen = set()
+    while todo:
+        name = todo.pop()
+        if not name or name in seen or name in initializers:
+            continue
+        seen.add(name)
+        if name in ref and name != s.tensor and name in producers and \
+                producers[name].op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast"):
+            boundary.append(name)
+        elif name in producers:
+            todo += list(producers[name].input)
+        elif name in ref:  # the graph's input
+            boundary.append(name)
+    if not boundary:
+        return None, None, {}
+    feeds = {name: ref[name] for name in boundary}
+    try:
+        part = cut(candidate_model, feeds, [cand_out])
+        got = run_candidate(provider, part, feeds, [cand_out], options)
+    except ToolkitError:
+        return None, None, {}
+    types = input_types(part)
+    return compare(ref[s.tensor], got[cand_out])[0], part.SerializeToString(), {
+        k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()}
+
+
+def _verdict(stats: list[TensorStat], diverging: list[TensorStat], budget: float, precision: str,
+             final_rel: float | None) -> dict[str, Any]:
+    observed = [s for s in stats if s.rel_l2 is not None]
+    at_logits = final_rel if final_rel is not None else (observed[-1].rel_l2 if observed else 0.0)
+    growth = [[s.index, s.tensor, round(s.rel_l2, 6)] for s in observed]
+    culprit = next((s for s in diverging if s.local is not None and s.local > budget
+                    and s.local >= CULPRIT_SHARE * min(at_logits, max(x.rel_l2 for x in observed))), None)
+    if culprit is not None:
+        return {"kind": "culprit", "node": culprit.layer or culprit.node, "op": culprit.layer_op or culprit.op,
+                "tensor": culprit.tensor, "index": culprit.index, "reference_node": culprit.node, "rel_l2": culprit.rel_l2, "local": culprit.local, "inherited": culprit.inherited,
+                "cause": _cause(culprit, precision), "suggestion": _suggestion(culprit, precision)}
+    if at_logits is not None and at_logits > budget:
+        first = diverging[0] if diverging else next((s for s in observed if s.rel_l2 > budget), None)
+        return {"kind": "accumulated", "first_over_budget": first.tensor if first else None,
+                "logits_rel_l2": at_logits, "growth": growth,
+                "cause": f"{precision} rounding error accumulated over the layers: no single layer is wrong"}
+    return {"kind": "none", "logits_rel_l2": at_logits, "growth": growth}
+
+
+def _cause(s: TensorStat, precision: str) -> str:
+    op = s.layer_op or s.op
+    if precision == "int8":
+        return f"this {op} computes wrongly in int8 on its own: a broken scale, or a layer int8 cannot represent"
+    if precision == "fp32":
+        return f"the runtime computes this {op} differently from ONNX in fp32: a kernel bug, or a changed weight"
+    return f"this {op} loses too much in {precision} on its own"
+
+
+def _suggestion(s: TensorStat, precision: str) -> str | None:
+    if precision == "int8" and (s.layer_op or s.op) in ("Conv", "Gemm", "MatMul"):
+        return f"keep it in fp32: python -m converters.quantize --precision int8 --keep-fp32 {s.layer or s.node}"
+    if precision in ("bf16", "f16", "fp16"):
+        return "run this model in fp32 on this runtime, or keep this layer in fp32"
+    return None
+
+
+def verdict_line(verdict: dict[str, Any], precision: str, provider: str) -> str:
+    """One line: the first divergence and its likely cause."""
+    if verdict["kind"] == "culprit":
+        return (f"culprit: {verdict['op']} {verdict['node']} (output {verdict['tensor']}, topological index "
+                f"{verdict['index']}) diverges on {provider} {precision}: relative L2 {verdict['rel_l2']:.2e} there, "
+                f"{verdict['local']:.2e} run alone on the reference's inputs, {verdict['inherited']:.2e} in its "
+                f"inputs; {verdict['cause']}")
+    if verdict["kind"] == "accumulated":
+        return (f"accumulated error, no single culprit: {provider} {precision} reaches relative L2 "
+                f"{verdict['logits_rel_l2']:.2e} at the logits, growing layer by layer from "
+                f"{verdict['first_over_budget']}")
+    return f"no divergence beyond the {precision} budget on {provider}: relative L2 {verdict['logits_rel_l2']:.2e} at the logits"
+
+
+# --- the whole diagnosis, for runtimes.diverge, runtimes.verify --locate and runtimes.tune ------------
+
+
+def precision_options(provider: str, precision: str) -> dict[str, Any]:
+    """The runner options that make ``provider`` run at ``precision`` (OpenVINO's bf16 or f16, TensorRT's f16)."""
+    from runtimes.tuned import RUNTIME_PRECISIONS
+
+    return dict(RUNTIME_PRECISIONS.get(provider, {}).get(precision, {}))
+
+
+def anchor(reference_model, reference) -> None:
+    """The reference must itself give PyTorch's recorded answers within fp32 tolerance."""
+    from runtimes.errors import ParityError
+    from runtimes.parity import compare as parity
+    from runtimes.tolerances import FP32
+
+    input_name, output = reference_model.graph.input[0].name, reference_model.graph.output[0].name
+    for x, logits in zip(reference.inputs, reference.input_logits):
+        stats = parity(logits, run_reference(reference_model, {input_name: x}, [output])[output], FP32)
+        if not stats.passed:
+            raise ParityError(
+                f"the reference itself (ONNX Runtime CPU, optimizations off, on the fp32 model) does not give "
+                f"PyTorch's answers for seeded batch {len(x)}: max |d| {stats.max_abs:.2e}, {stats.violations} logits "
+                "outside fp32 tolerance; re-export the model before locating anything"
+            )
+
+
+def diagnose(fp32_model: Path, candidate: Path, provider: str, precision: str, reference, x: np.ndarray, *,
+             options: dict[str, Any] | None = None, mode: str = "auto") -> dict[str, Any]:
+    """Anchor the reference, run the candidate as it normally runs, then locate; the report as a dict."""
+    import time
+
+    from runtimes.adapters import create_runner
+
+    onnx = onnx_module()
+    started = time.perf_counter()
+    options = options or {}
+    reference_model, candidate_model = onnx.load(str(fp32_model)), onnx.load(str(candidate))
+    anchor(reference_model, reference)
+    input_name, output = reference_model.graph.input[0].name, reference_model.graph.output[0].name
+    ref_logits = run_reference(reference_model, {input_name: x}, [output])[output]
+    final_rel, whole = None, None
+    try:
+        with create_runner(provider, candidate, None, batch_size=len(x), **options) as runner:
+            whole = runner.infer(x)
+        final_rel = compare(ref_logits, whole)[0]
+    except ToolkitError as exc:
+        whole = str(exc)
+    located = locate(reference_model, candidate_model, provider, precision, x, mode=mode, options=options,
+                     final_rel=final_rel)
+    return {
+        "provider": provider, "precision": precision, "candidate": str(candidate), "reference": str(fp32_model),
+        "mode": located.mode, "budget": located.budget, "logits_rel_l2": final_rel,
+        "candidate_failed": whole if isinstance(whole, str) else None,
+        "verdict": located.verdict, "line": verdict_line(located.verdict, precision, provider),
+        "notes": located.notes, "stats": [s.as_dict() for s in located.stats],
+        "seconds": round(time.perf_counter() - started, 2),
+        "_reduced": located.reduced, "_reduced_inputs": located.reduced_inputs, "_input": x,
+    }
+
+
+def table(report: dict[str, Any], rows: int = 12) -> str:
+    """The tensors around the first divergence: topo index, node, op, tensor, relative L2, jump, local error."""
+    stats = report["stats"]
+    observed = [s for s in stats if s["rel_l2"] is not None]
+    budget = report["budget"]
+    first = next((i for i, s in enumerate(stats) if s["rel_l2"] is not None and s["rel_l2"] > budget), None)
+    shown = stats[max(0, first - 3): first + rows] if first is not None else observed[-rows:]
+    lines = [f"{'#':>4}  {'node':<44} {'op':<18} {'rel L2':>9} {'jump':>8} {'local':>9}  tensor"]
+    for s in shown:
+        rel = "not obs." if not s["observable"] and s["rel_l2"] is None else (
+            f"{s['rel_l2']:.2e}" if s["rel_l2"] is not None else "-")
+        jump = f"{s['jump']:.1f}x" if s["jump"] is not None else ("new" if s["rel_l2"] and s["inherited"] == 0 else "")
+        local = f"{s['local']:.2e}" if s["local"] is not None else ""
+        lines.append(f"{s['index']:>4}  {s['node'][-44:]:<44} {s['op']:<18} {rel:>9} {jump:>8} {local:>9}  {s['tensor']}")
+    hidden = sum(1 for s in stats if not s["observable"])
+    lines.append(f"{len(observed)} of {len(stats)} tensors observed ({report['mode']}; budget relative L2 "
+                 f"{budget:g} for {report['precision']})" + (f"; {hidden} not observable on this candidate" if hidden else ""))
+    return "\n".join(lines)
+
+
+def write_out(report: dict[str, Any], folder: Path) -> list[Path]:
+    """report.json, the smallest failing model and its inputs (.npz, no pickle), atomically."""
+    import io
+    import json
+
+    from runtimes.atomic import write_bytes, write_text
+
+    written = [write_text(folder / "report.json", json.dumps(public(report), indent=2) + "\n")]
+    inputs = report["_reduced_inputs"] if report["_reduced"] is not None else {"input": report["_input"]}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name.replace("/", "_"): value for name, value in inputs.items()})
+    written.append(write_bytes(folder / "inputs.npz", buffer.getvalue()))
+    if report["_reduced"] is not None:
+        written.append(write_bytes(folder / "reduced.onnx", report["_reduced"]))
+    return written
+
+
+def public(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if not k.startswith("_")}
