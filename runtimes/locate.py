@@ -441,6 +441,18 @@ def precision_options(provider: str, precision: str) -> dict[str, Any]:
     return dict(RUNTIME_PRECISIONS.get(provider, {}).get(precision, {}))
 
 
+def failing_input(checks, reference, spec) -> np.ndarray:
+    """The input of the first failing check of a replay (``runtimes.reference.replay``): its
+    seeded batch, or for the images the first reference image."""
+    from runtimes import preprocess
+
+    first = next(c for c in checks if not c.passed)
+    sizes = [f"seeded batch {len(x)}" for x in reference.inputs]
+    if first.name in sizes:
+        return reference.inputs[sizes.index(first.name)]
+    return preprocess.stack([preprocess.load(reference.images[0], spec, reference.image_names[0])])
+
+
 def anchor(reference_model, reference) -> None:
     """The reference must itself give PyTorch's recorded answers within fp32 tolerance."""
     from runtimes.errors import ParityError
@@ -522,7 +534,7 @@ def write_out(report: dict[str, Any], folder: Path) -> list[Path]:
     written = [write_text(folder / "report.json", json.dumps(public(report), indent=2) + "\n")]
     inputs = report["_reduced_inputs"] if report["_reduced"] is not None else {"input": report["_input"]}
     buffer = io.BytesIO()
-    np.savez(buffer, **{name.replace("/", "_"): value for name, value in inputs.items()})
+    np.savez(buffer, **inputs)  # keyed by tensor name, as the model reads them
     written.append(write_bytes(folder / "inputs.npz", buffer.getvalue()))
     if report["_reduced"] is not None:
         written.append(write_bytes(folder / "reduced.onnx", report["_reduced"]))

@@ -73,6 +73,7 @@ class Candidate:
     gate: dict[str, Any] | None = None
     labelled: dict[str, Any] | None = None
     estimate_s: float = 0.0  # seconds per call, from the gate
+    located: str | None = None  # for a rejected candidate: runtimes.diverge's verdict line
     runner: Any = None
     entrant: Any = None  # runtimes.race.Entrant once it races
 
@@ -82,6 +83,8 @@ class Candidate:
         record = {**self.config.as_dict(), "status": self.status, "reason": self.reason, "gate": self.gate}
         if self.labelled is not None:
             record["labelled"] = self.labelled
+        if self.located is not None:
+            record["located"] = self.located
         e = self.entrant
         if e is not None and e.measured:
             divide = self.config.batch_size if per_image else 1
@@ -320,11 +323,28 @@ def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack
     if failed:
         runner.close()
         candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
+        candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
         return
     candidate.status, candidate.reason, candidate.runner = "passed", "", runner
     runners.callback(runner.close)
     if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
         runner.close()
+
+
+def _locate(config, opened, model, reference, checks, spec) -> str | None:
+    """The locator's verdict line for a rejected candidate (``runtimes.diverge``), where the
+    onnx package is installed to cut graphs with; None where it is not or the locator fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None or "fp32" not in opened.models:
+        return None
+    from runtimes.locate import diagnose, failing_input
+
+    try:
+        return diagnose(opened.model("fp32").path, model.path, config.provider, config.tolerance_precision, reference,
+                        failing_input(checks, reference, spec), options=config.options())["line"]
+    except ToolkitError as exc:
+        return f"the locator failed: {exc}"
 
 
 def _parity_reason(check, tol) -> str:

@@ -65,6 +65,7 @@ def verify(
     threads: int | None = None,
     ckpt: Path | None = None,
     json_output: bool = False,
+    locate: bool = False,
     out=None,
 ) -> int:
     """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED.
@@ -116,9 +117,13 @@ def verify(
             shown = used.model.relative_to(opened.root).as_posix() if bundle is not None else str(used.model)
             results.append({"model": shown, "precision": judged_as, "tolerance": tol, "provider": used.label(),
                             "runs_on": active, "providers_skipped": skipped, "checks": checks})
+            if locate and not all(c.passed for c in checks) and not any("located" in r for r in results):
+                fp32 = opened.model("fp32").path if bundle is not None else _fp32_beside(reference_for(model, spec))
+                results[-1]["located"] = _locate(fp32, used, judged_as, reference, checks, runner.spec)
     if json_output:
         record = {"source": header, "passed": not failed, "notes": notes, "models": [
             {**r, "tolerance": dataclasses.asdict(r["tolerance"]),
+             **({"located": _public(r["located"])} if "located" in r else {}),
              "checks": [{"name": c.name, "judged": c.judged, **c.stats.as_dict()} for c in r["checks"]]}
             for r in results
         ]}
@@ -132,9 +137,36 @@ def verify(
                 print(f"note: skipped: {reason}", file=out)
             print(f"provider {r['provider']} ({', '.join(r['runs_on'])})", file=out)
             _report(r["model"], r["precision"], r["tolerance"], r["checks"], out)
+            if "located" in r:
+                from runtimes.locate import table
+
+                print(table(r["located"]), file=out)
+                print(r["located"]["line"], file=out)
         verdict = "FAILED: outside tolerance" if failed else "verified: every model agrees with PyTorch within tolerance"
         print(verdict, file=out)
     return EXIT_PARITY_FAILED if failed else 0
+
+
+def _fp32_beside(reference: Path) -> Path:
+    """The fp32 model whose reference answers ``reference`` are: ``dir/stem.reference.npz`` -> ``dir/stem.onnx``."""
+    from runtimes.reference import SUFFIX
+
+    return reference.with_name(reference.name[: -len(SUFFIX)] + ".onnx")
+
+
+def _locate(fp32: Path, used, precision: str, reference, checks, spec) -> dict:
+    """runtimes.locate on the input of the first failing check."""
+    from runtimes.locate import diagnose, failing_input, precision_options
+
+    options = {**precision_options(used.provider, precision), **used.options}
+    return diagnose(fp32, used.model, used.provider, precision, reference, failing_input(checks, reference, spec),
+                    options=options)
+
+
+def _public(report: dict) -> dict:
+    from runtimes.locate import public
+
+    return public(report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records, beside it)")
     parser.add_argument("--json", dest="json_output", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--locate", action="store_true",
+                        help="on the first failing check, name the layer where the model goes wrong (runtimes.diverge; needs onnx)")
     return verify(**vars(parser.parse_args(argv)))
 
 
