@@ -36,7 +36,7 @@ from pathlib import Path
 
 import runtimes
 from runtimes.atomic import write_bytes
-from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, sha256_file
+from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, providers_for, sha256_file
 from runtimes.errors import BundleError
 from runtimes.reference import reference_path_for
 from runtimes.spec import DEFAULT_MODEL, ModelSpec, variant_path
@@ -68,11 +68,6 @@ def requirements(targets: list[str]) -> list[str]:
             raise BundleError("cannot pin openvino for an openvino bundle: it is not installed here; pip install openvino")
         pins.append(f"openvino=={version}")
     return pins
-
-
-def providers_for(targets: list[str]) -> list[str]:
-    """The targets' own providers in the order given, then the fallbacks their requirements also install."""
-    return list(dict.fromkeys([*targets, *(p for t in targets for p in PROVIDERS[t])]))
 
 
 def parse_targets(text: str) -> list[str]:

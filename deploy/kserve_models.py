@@ -95,7 +95,8 @@ class Engine:
 
         options = dict(self._options)
         if "threads" in runner_class(self.provider).OPTIONS:
-            options.setdefault("threads", max(1, (os.cpu_count() or 1) // replicas))
+            share = max(1, (os.cpu_count() or 1) // replicas)  # a tuned or given count is capped at the share too
+            options["threads"] = min(options.get("threads") or share, share)
         return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch,
                       max_pixels=self.max_pixels, options=options)
 

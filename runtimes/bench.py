@@ -33,23 +33,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
+from runtimes.cli import add_max_pixels, csv_list, non_negative_int, positive_int, run_cli
 from runtimes.progress import Progress
+from runtimes.race import percentile
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
+from runtimes.tuned import RUNTIME_PRECISIONS as RUNTIME_BY_PROVIDER
 # Precisions a runtime applies to the fp32 model itself (OpenVINO's inference hint),
 # as opposed to variant files (fp16, int8) made by converters.quantize.
-RUNTIME_PRECISIONS = ("bf16", "f16")
+RUNTIME_PRECISIONS = tuple(RUNTIME_BY_PROVIDER["openvino"])
 # Every row's speed-up is against this row at the same batch size: the default runtime.
 BASELINE = ("cpu", "fp32")
 COLD_START_RUNS = 5
 MIN_TIMED_CALLS = 3
 NAMES = {"torch": "PyTorch eager (reference)", "cpu": "ONNX Runtime CPU", "cuda": "ONNX Runtime CUDA",
          "tensorrt": "ONNX Runtime TensorRT", "openvino": "OpenVINO", "opencv": "OpenCV DNN"}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bench_runtime(
@@ -81,8 +78,8 @@ def _summary(row: dict[str, Any], rounds: list[list[float]]) -> dict[str, Any]:
         **row,
         "calls": len(pooled),
         "median_ms": round(median * 1e3, 2),
-        "p90_ms": round(_percentile(pooled, 0.9) * 1e3, 2),
-        "p99_ms": round(_percentile(pooled, 0.99) * 1e3, 2),
+        "p90_ms": round(percentile(pooled, 0.9) * 1e3, 2),
+        "p99_ms": round(percentile(pooled, 0.99) * 1e3, 2),
         "images_per_s": round(row["batch_size"] / median, 1),
     }
     if len(rounds) > 1:
@@ -289,10 +286,6 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def _csv(text: str, kind=str) -> list:
-    return [kind(x.strip()) for x in text.split(",") if x.strip()]
-
-
 def default_providers(model: Path, ckpt: Path | None) -> list[str]:
     """Every runtime available here; torch only with a checkpoint to run, ``ckpt`` or the one
     the model's spec names, beside the model (where the torch runner looks), since without
@@ -370,7 +363,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         if text is None:
             continue
         try:
-            values = _csv(text, int)
+            values = csv_list(text, int)
         except ValueError:
             parser.error(f"argument --{name.replace('_', '-')}: not a list of integers: {text!r}")
         if not values or min(values) < 1:
@@ -379,7 +372,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds is not None and args.seconds <= 0:
         parser.error("argument --seconds: must be positive")
     known = list(dict.fromkeys([*BY_PRECISION, *RUNTIME_PRECISIONS]))
-    unknown = [p for p in _csv(args.precisions or "") if p not in known]
+    unknown = [p for p in csv_list(args.precisions or "") if p not in known]
     if unknown:
         parser.error(f"argument --precisions: unknown {unknown[0]!r}; known: {', '.join(known)}")
     if args.images is not None and not args.images.is_dir():
@@ -391,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     with contextlib.ExitStack() as stack:
         models, providers, precisions = _sources(stack, args)
-        report = _bench(args, models, _csv(args.providers) if args.providers else providers,
-                        _csv(args.precisions) if args.precisions else precisions)
+        report = _bench(args, models, csv_list(args.providers) if args.providers else providers,
+                        csv_list(args.precisions) if args.precisions else precisions)
     print(json.dumps(report, indent=2) if args.json else _markdown(report))
     if args.plot:
         _plot(report, args.plot)
@@ -411,7 +404,8 @@ def _bench(args, models: dict[str, tuple[Path, ModelSpec | None]], providers: li
     fp32 = models.get("fp32", next(iter(models.values())))[0]
     threads = physical_cores()
     thread_counts = args.threads or [threads]
-    plan = [(p, prec, b, t) for prec in precisions for p in providers for b in args.batch_sizes for t in thread_counts]
+    plan = [(p, prec, b, t) for prec in precisions for p in providers for b in args.batch_sizes
+            for t in (thread_counts if "threads" in runner_class(p).OPTIONS else thread_counts[:1])]
     progress = Progress(len(plan) * args.rounds + 1 + (args.images is not None) + (not args.no_cold_start))
     progress.step("counting FLOPs and measuring the GEMM peak")
     limit = hardware_limit(fp32, threads)

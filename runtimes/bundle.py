@@ -46,6 +46,11 @@ PROVIDERS = {
 }
 
 
+def providers_for(targets: list[str]) -> list[str]:
+    """The targets' own providers in the order given, then the fallbacks their requirements also install."""
+    return list(dict.fromkeys([*targets, *(p for t in targets for p in PROVIDERS[t])]))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -124,7 +129,7 @@ def read_bundle(root: str | Path) -> Bundle:
         return Bundle(
             root=root,
             target=target,
-            providers=tuple(manifest.get("providers") or PROVIDERS[target]),
+            providers=tuple(manifest.get("providers") or providers_for(target.split(","))),
             models=models,
             reference=_listed(root, manifest["reference"], files, "the reference"),
             made_by=made_by,

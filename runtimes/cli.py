@@ -130,5 +130,10 @@ def points(text: str) -> float:
     return value
 
 
+def csv_list(text: str | None, kind=str) -> list | None:
+    """``"1, 8"`` -> [1, 8] with ``kind=int``; None stays None (the flag was not given)."""
+    return None if text is None else [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

@@ -24,7 +24,8 @@
 
 The whole run, gate included, keeps to ``--budget-s``. Exit status: 0 a choice was
 made; 3 no candidate gives PyTorch's answers (the evidence is written, with no
-choice); 2 a user error, or no candidate could run here at all (the evidence is written too).
+choice); 1 every one that does exceeded ``--max-p99-ms``; 2 a user error, or no candidate
+could run here at all (the evidence is written too).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimes import __version__
-from runtimes.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, points, run_cli
+from runtimes.cli import EXIT_FAILED, EXIT_PARITY_FAILED, EXIT_USER_ERROR, csv_list, points, run_cli
 from runtimes.errors import ToolkitError
 from runtimes.progress import Progress
 from runtimes.race import MIN_ROUNDS  # fewer paired rounds give no interval worth printing
@@ -104,10 +105,6 @@ class Candidate:
         return record
 
 
-def _csv(text: str | None, kind=str) -> list | None:
-    return None if text is None else [kind(x.strip()) for x in text.split(",") if x.strip()]
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m runtimes.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="a bundle folder or .tar.gz from `python -m deploy.bundle`")
@@ -134,21 +131,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--confirm-child", help=argparse.SUPPRESS)  # a fresh process timing one configuration
     args = parser.parse_args(argv)
     try:
-        args.batch_sizes = _csv(args.batch_sizes, int)
-        args.threads = _csv(args.threads, int)
+        args.batch_sizes = csv_list(args.batch_sizes, int)
+        args.threads = csv_list(args.threads, int)
     except ValueError:
         parser.error("--batch-sizes and --threads take comma-separated integers")
     for name in ("batch_sizes", "threads"):
         values = getattr(args, name)
         if values is not None and (not values or min(values) < 1):
             parser.error(f"argument --{name.replace('_', '-')}: give integers of 1 or more")
-    if not args.budget_s > 0:
-        parser.error("argument --budget-s: must be positive")
+    if not 0 < args.budget_s < float("inf"):
+        parser.error("argument --budget-s: must be a positive number of seconds")
+    if args.labelled is not None and not args.max_drop > 0:
+        parser.error("argument --max-drop: must be above 0 (no finite set of images bounds a drop of 0)")
     if not 0 <= args.min_gain < 1:
         parser.error("argument --min-gain: must be at least 0 and below 1")
     if args.max_p99_ms is not None and not args.max_p99_ms > 0:
         parser.error("argument --max-p99-ms: must be positive")
-    args.providers, args.precisions = _csv(args.providers), _csv(args.precisions)
+    args.providers, args.precisions = csv_list(args.providers), csv_list(args.precisions)
+    from runtimes.tuned import PRECISION_RANK
+
+    for name in ("providers", "precisions"):
+        if getattr(args, name) == []:
+            parser.error(f"argument --{name}: name at least one")
+    unknown = [p for p in args.precisions or [] if p not in PRECISION_RANK]
+    if unknown:
+        parser.error(f"argument --precisions: unknown {unknown[0]!r}; known: {', '.join(PRECISION_RANK)}")
     if args.plot is not None and not args.dry_run and not args.confirm_child:
         import importlib.util
 
@@ -217,7 +224,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
             gate_seconds.append(time.monotonic() - gate_started)
         if labelled is not None:
             progress.step(f"labelled: {labelled['images']} images against fp32")
-            _labelled_check(candidates, labelled, args.max_drop, warnings)
+            _labelled_check(candidates, labelled, args.max_drop, opened)
         passing = [c for c in candidates if c.status == "passed"]
         progress.step(f"race: {len(passing)} candidates")
         race = _race(passing, args, deadline - _reserve_s(pairs), progress)
@@ -227,6 +234,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         if confirmation.get("swapped"):
             choice, ranked = ranked[0], [choice, *ranked[1:]]
             choice.status, ranked[0].status = "chosen", "tied"
+            choice.reason = "tied in the race, and faster in every pair of fresh processes"
             ranked[0].reason = f"the fresh processes found {choice.config.label()} faster"
         warnings += _busy_warnings(race)
         default = _bundle_default(opened, candidates, cpu["physical_cores"], args)
@@ -256,9 +264,14 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         print(f"warning: {warning}", file=err)
     print(json.dumps(record, indent=2) if args.json else _markdown(record, path), file=out)
     if args.plot:
-        _plot(record, args.plot)
+        try:
+            _plot(record, args.plot)
+        except OSError as exc:
+            raise TuneError(f"cannot write --plot {args.plot}: {exc.strerror or exc} ({path} was written)") from None
     if choice is not None:
         return 0
+    if any(c.reason.startswith("p99 ") for c in candidates):
+        return EXIT_FAILED  # all gave PyTorch's answers, none within --max-p99-ms
     # nothing judged wrong, nothing able to run: not a parity failure, but this machine's lack
     return EXIT_PARITY_FAILED if any(c.status == "rejected" for c in candidates) else EXIT_USER_ERROR
 
@@ -408,30 +421,33 @@ def _read_labelled(args, opened) -> dict[str, Any]:
             "detectable_points": round(floor, 2)}
 
 
-def _labelled_check(candidates: list[Candidate], labelled: dict[str, Any], max_drop: float, warnings: list[str]) -> None:
-    """Reject each passing candidate whose top-1 drop against the fp32 model may exceed ``max_drop`` points."""
+def _labelled_check(candidates: list[Candidate], labelled: dict[str, Any], max_drop: float, opened) -> None:
+    """Reject each passing candidate whose top-1 drop against the fp32 model may exceed ``max_drop`` points.
+    The fp32 model's answers come from a candidate that passed, else from ONNX Runtime CPU."""
     import numpy as np
 
+    from runtimes.adapters import create_runner
     from runtimes.labelled import drop_bound
 
     passing = [c for c in candidates if c.status == "passed"]
     base = next((c for c in passing if c.config.precision == "fp32"), None)
-    if base is None:
-        warnings.append("--labelled: no fp32 candidate passed the gate to compare with; the labelled check was skipped")
-        return
     truths = np.asarray(labelled["truths"])
 
-    def right(candidate: Candidate) -> Any:
-        tensors, b = labelled["tensors"], candidate.config.batch_size
-        runner = _loaded(candidate)
+    def right(runner, b: int) -> Any:
+        tensors = labelled["tensors"]
         rows = [runner.infer(np.resize(tensors[i : i + b], (b, *tensors.shape[1:])))[: len(tensors[i : i + b])]
                 for i in range(0, len(tensors), b)]
         return np.concatenate(rows).argmax(axis=1) == truths
 
-    reference = right(base)
+    if base is not None:
+        reference = right(_loaded(base), base.config.batch_size)
+    else:
+        fp32 = opened.model("fp32")
+        with create_runner("cpu", fp32.path, fp32.spec) as runner:
+            reference = right(runner, 8)
     n = labelled["images"]
     for candidate in passing:
-        mine = reference if candidate is base else right(candidate)
+        mine = reference if candidate is base else right(_loaded(candidate), candidate.config.batch_size)
         lost, gained = int(np.sum(reference & ~mine)), int(np.sum(~reference & mine))
         bound = drop_bound(lost, gained, n) * 100
         candidate.labelled = {"images": n, "lost": lost, "gained": gained, "top1": round(float(mine.mean()), 4),
@@ -516,15 +532,17 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
     if measured:
         leader = next(c for c in measured if c.entrant is race.leader)
         close = [c for c in measured if c is leader or (ratio(c.entrant, leader.entrant) or _never()).value <= 1 + args.min_gain]
-    else:  # no round fitted in the budget: the gate's timing is all there is
-        leader = min(live, key=lambda c: c.estimate_s)
+    else:  # no round ran: the gate's timing is all there is
+        leader = min(live, key=lambda c: _cost(c, args))
         close = [leader]
     choice = min(close, key=lambda c: tie_break(c.config, provider_order))
     choice.status = "chosen"
     choice.reason = (f"fastest that passed ({race.stopped_because} after {race.rounds} rounds)" if choice is leader
                      else f"tied with {leader.config.label()} within --min-gain {args.min_gain:g}; the tie goes to the "
                           "higher precision, then fewer threads, then the bundle's provider order")
-    if not measured:
+    if len(passing) == 1:
+        choice.reason = "the only candidate that passed the gate"
+    elif not measured:
         choice.reason = "no race round fitted in the budget: chosen by the gate's timing alone"
     for c in live:
         if c is choice:
@@ -539,10 +557,16 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
 
     def rank(c: Candidate) -> tuple:
         r = ratio(c.entrant, choice.entrant) if c.entrant.measured and choice.entrant.measured else None
-        return (r.value if r else c.estimate_s / max(choice.estimate_s, 1e-9), tie_break(c.config, provider_order))
+        return (r.value if r else _cost(c, args) / max(_cost(choice, args), 1e-12), tie_break(c.config, provider_order))
 
-    ranked = sorted((c for c in passing if c is not choice and c.status != "rejected"), key=rank)
-    return choice, ranked
+    # a fallback must pass the gate and keep to --max-p99-ms
+    usable = [c for c in passing if c is not choice and c.status != "rejected" and not c.reason.startswith("p99 ")]
+    return choice, sorted(usable, key=rank)
+
+
+def _cost(candidate: Candidate, args) -> float:
+    """The gate's seconds per call, or per image for the throughput metric."""
+    return candidate.estimate_s / (candidate.config.batch_size if args.metric == "throughput" else 1)
 
 
 def _never():
@@ -573,7 +597,7 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     """Time the choice against the runner-up in ``pairs`` pairs of fresh processes, alternating."""
     if choice is None or not ranked:
         return {"done": False, "why": "nothing to confirm against" if choice else "no choice"}
-    runner_up = ranked[0]
+    runner_up = ranked[0]  # only a tied runner-up can take the choice: an eliminated one lost with confidence
     if pairs == 0:
         return {"done": False, "why": "the budget leaves no time for fresh processes"}
     per_image = args.metric == "throughput"
@@ -583,7 +607,7 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
             break
         costs = {}
         for who in ((choice, runner_up) if i % 2 == 0 else (runner_up, choice)):
-            seconds = _child_seconds(root, who.config)
+            seconds = _child_seconds(root, who.config, deadline)
             if seconds is None:
                 warnings.append(f"confirmation: {who.config.label()} failed in a fresh process")
                 return {"done": False, "why": f"{who.config.label()} failed in a fresh process"}
@@ -592,7 +616,7 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     if not ratios:
         return {"done": False, "why": "the budget ran out before it"}
     found = statistics.median(ratios)
-    swapped = all(r < 1 / (1 + args.min_gain) for r in ratios)
+    swapped = runner_up.status == "tied" and all(r < 1 / (1 + args.min_gain) for r in ratios)
     result = {"done": True, "runner_up": runner_up.config.as_dict(), "pairs": len(ratios),
               "runner_up_over_choice": [round(r, 4) for r in ratios], "median": round(found, 4), "swapped": swapped}
     if swapped:
@@ -604,12 +628,13 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     return result
 
 
-def _child_seconds(root: Path, config) -> float | None:
+def _child_seconds(root: Path, config, deadline: float) -> float | None:
     command = [sys.executable, "-m", "runtimes.tune", "--bundle", str(root), "--confirm-child", json.dumps(config.as_dict())]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     try:
+        proc = subprocess.run(command, capture_output=True, text=True,
+                              timeout=max(deadline - time.monotonic(), CHILD_OVERHEAD_S + CONFIRM_SECONDS))
         return float(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"])
-    except (ValueError, KeyError, IndexError):
+    except (ValueError, KeyError, IndexError, subprocess.TimeoutExpired):
         return None
 
 
@@ -709,7 +734,8 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
              + (f", GPU {', '.join(device['gpu'])}" if device["gpu"] else "")
              + f"; metric {record['metric']}, {record['seconds']:.0f} s of a {record['protocol']['budget_s']:g} s budget, "
              f"{record['protocol']['rounds']} rounds ({record['protocol']['stopped_because']})", "",
-             "| configuration | gate | p50 ms | p99 ms | vs choice (99% CI) | status | reason |",
+             f"| configuration | gate | p50 ms | p99 ms | {'per-image cost ' if record['metric'] == 'throughput' else ''}"
+             "vs choice (99% CI) | status | reason |",
              "|---|---|---|---|---|---|---|"]
     for c in record["candidates"]:
         label = _label(c)
@@ -728,9 +754,13 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
     lines.append("")
     choice = record["choice"]
     if choice is None:
-        judged = any(c["status"] == "rejected" for c in record["candidates"])
-        lines.append(f"no choice: {'no candidate gives' if judged else 'no candidate could run to give'} PyTorch's "
-                     f"answers here; the evidence is in {path}")
+        if any(c["reason"].startswith("p99 ") for c in record["candidates"]):
+            why = "every candidate that gives PyTorch's answers here exceeded --max-p99-ms"
+        elif any(c["status"] == "rejected" for c in record["candidates"]):
+            why = "no candidate gives PyTorch's answers here"
+        else:
+            why = "no candidate could run here"
+        lines.append(f"no choice: {why}; the evidence is in {path}")
     else:
         lines.append(f"choice: {_label(choice)}; written to {path}")
         speedup = record["speedup_vs_default"]
@@ -753,7 +783,8 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
 def _label(config: dict[str, Any]) -> str:
     from runtimes.tuned import Configuration
 
-    return Configuration.from_dict(config).label()
+    return Configuration(config["provider"], config["precision"], config["batch_size"], config.get("threads"),
+                         config.get("hint")).label()
 
 
 def _print_plan(args, candidates: list[Candidate], skipped: list[Candidate], reference, pairs: int, out) -> None:
@@ -808,12 +839,13 @@ def figure(record: dict[str, Any]):
 
     rows = [c for c in record["candidates"] if c.get("timing") or (c["status"] == "rejected" and c.get("gate"))]
     chosen = next((c for c in rows if c["status"] == "chosen"), None)
-    base = chosen["timing"]["median_ms"] if chosen else None
+    key = "cost_ms" if record["metric"] == "throughput" else "median_ms"  # what the ratios compare
+    base = chosen["timing"][key] if chosen else None
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
     colors = {"chosen": "tab:green", "tied": "tab:olive", "eliminated": "tab:gray"}
     for y, c in enumerate(rows):
         t = c.get("timing") or {}
-        value = t.get("median_ms")
+        value = t.get(key)
         if c["status"] == "rejected":  # at its own p50 if it was timed, else as wide as the choice
             value = value or base or 1.0
             ax.barh(y, value, color="white", edgecolor="tab:red", hatch="//")
@@ -827,7 +859,8 @@ def figure(record: dict[str, Any]):
         ax.text(end, y, f"  {c['status']}", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [_label(c) for c in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("p50 ms per call (bars: 99% interval of the paired ratio to the choice)")
+    ax.set_xlabel(f"{'ms per image' if key == 'cost_ms' else 'p50 ms per call'} "
+                  "(bars: 99% interval of the paired ratio to the choice)")
     ax.set_title(f"runtimes.tune on {record['device']['cpu']}, {record['device']['cores']} cores: "
                  f"{'choice ' + _label(record['choice']) if record['choice'] else 'no candidate passed'}", fontsize=9)
     fig.tight_layout()

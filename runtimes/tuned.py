@@ -91,10 +91,16 @@ class Configuration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Configuration":
         names = {f.name for f in fields(cls)}
+        from runtimes.adapters import RUNNERS
+
         config = cls(**{k: v for k, v in data.items() if k in names})
-        if not (isinstance(config.provider, str) and isinstance(config.precision, str)
-                and isinstance(config.batch_size, int) and config.batch_size >= 1
-                and (config.threads is None or (isinstance(config.threads, int) and config.threads >= 1))):
+
+        def count(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if not (config.provider in RUNNERS and config.precision in PRECISION_RANK and count(config.batch_size)
+                and (config.threads is None or count(config.threads))
+                and (config.hint is None or config.hint in ("LATENCY", "THROUGHPUT"))):
             raise ValueError(f"not a configuration: {data}")
         return config
 
@@ -141,6 +147,8 @@ def read_tuned(bundle: str | Path, opened: Bundle) -> tuple[Tuned | None, str | 
         return None, f"{path} is unreadable or malformed ({type(exc).__name__}: {exc})"
     if digest != sha256_file(opened.root / MANIFEST):
         return None, f"{MANIFEST} changed since {path} was written"
+    if not isinstance(device, dict) or not isinstance(device.get("versions", {}), dict):
+        return None, f"{path} is malformed (its device fingerprint is not an object)"
     mismatch = fingerprint_mismatch(device, fingerprint())
     if mismatch is not None:
         return None, mismatch

@@ -25,13 +25,13 @@ def test_percentiles_are_numpys_nearest_rank():
     """An independent implementation: numpy's percentile, method "nearest", on every sample count up to 120."""
     import numpy as np
 
-    from runtimes.bench import _percentile
+    from runtimes.race import percentile
 
     rng = np.random.default_rng(7)
     for n in range(1, 121):
         times = list(rng.lognormal(0, 0.5, n))
         for q in (0.5, 0.9, 0.99):
-            assert _percentile(times, q) == np.percentile(times, 100 * q, method="nearest"), (n, q)
+            assert percentile(times, q) == np.percentile(times, 100 * q, method="nearest"), (n, q)
 
 
 def test_graph_flops_equal_pytorchs_count_plus_the_lrn_window_sums(paper_export, paper_ckpt):

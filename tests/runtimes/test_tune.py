@@ -225,7 +225,10 @@ def test_labelled_images_bound_each_candidates_drop_against_fp32(bundle, capsys,
     (["--providers", "tpu"], "unknown provider 'tpu'"),
     (["--batch-sizes", "0"], "--batch-sizes: give integers of 1 or more"),
     (["--min-gain", "1.5"], "--min-gain: must be at least 0 and below 1"),
-    (["--budget-s", "-1"], "--budget-s: must be positive"),
+    (["--budget-s", "-1"], "--budget-s: must be a positive number of seconds"),
+    (["--budget-s", "inf"], "--budget-s: must be a positive number of seconds"),
+    (["--precisions", "fp32,in8"], "--precisions: unknown 'in8'"),
+    (["--providers", ","], "--providers: name at least one"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tune_bundle, flags, message):
     proc = subprocess.run([sys.executable, "-m", "runtimes.tune", "--bundle", str(tune_bundle), *flags],

@@ -214,6 +214,22 @@ def test_no_choice_runs_as_before(copy, default_stdout):
     assert result.stdout == default_stdout
 
 
+@pytest.mark.parametrize("damage", [
+    lambda r: r.update(device="a string"),
+    lambda r: r["device"].update(versions=["numpy"]),
+    lambda r: r["choice"].update(provider="foo"),
+    lambda r: r["choice"].update(batch_size=True),
+], ids=["device", "versions", "provider", "batch-size"])
+def test_a_malformed_tuned_json_warns_and_runs_as_before(copy, default_stdout, damage):
+    """A tuned.json edited by hand into nonsense is one warning, never a traceback."""
+    edit_tuned(copy, damage)
+    result = classify(copy)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    warnings = lines(result.stderr, "warning:")
+    assert len(warnings) == 1 and "malformed" in warnings[0], result.stderr
+    assert result.stdout == default_stdout
+
+
 def test_a_tuned_tarball_gets_a_sidecar_and_is_not_rewritten(tune_bundle, tmp_path):
     """tune on a .tar.gz writes X.tar.gz.tuned.json beside it, leaves the archive's bytes alone,
     and run --bundle X.tar.gz uses the sidecar's choice."""
