@@ -392,12 +392,16 @@ def _verdict(stats: list[TensorStat], diverging: list[TensorStat], budget: float
         return {"kind": "culprit", "node": culprit.layer or culprit.node, "op": culprit.layer_op or culprit.op,
                 "tensor": culprit.tensor, "index": culprit.index, "reference_node": culprit.node, "rel_l2": culprit.rel_l2, "local": culprit.local, "inherited": culprit.inherited,
                 "cause": _cause(culprit, precision), "suggestion": _suggestion(culprit, precision)}
+    steps = [s for s in observed if math.isfinite(s.rel_l2)]
+    step = max(steps, key=lambda s: s.rel_l2 - s.inherited, default=None)  # where the most error is added
+    most = None if step is None else {"node": step.layer or step.node, "op": step.layer_op or step.op,
+                                      "tensor": step.tensor, "rel_l2": step.rel_l2, "inherited": step.inherited}
     if at_logits is not None and at_logits > budget:
         first = diverging[0] if diverging else next((s for s in observed if s.rel_l2 > budget), None)
         return {"kind": "accumulated", "first_over_budget": first.tensor if first else None,
-                "logits_rel_l2": at_logits, "growth": growth,
+                "logits_rel_l2": at_logits, "growth": growth, "most_divergent": most,
                 "cause": f"{precision} rounding error accumulated over the layers: no single layer is wrong"}
-    return {"kind": "none", "logits_rel_l2": at_logits, "growth": growth}
+    return {"kind": "none", "logits_rel_l2": at_logits, "growth": growth, "most_divergent": most}
 
 
 def _cause(s: TensorStat, precision: str) -> str:
@@ -424,11 +428,15 @@ def verdict_line(verdict: dict[str, Any], precision: str, provider: str) -> str:
                 f"{verdict['index']}) diverges on {provider} {precision}: relative L2 {verdict['rel_l2']:.2e} there, "
                 f"{verdict['local']:.2e} run alone on the reference's inputs, {verdict['inherited']:.2e} in its "
                 f"inputs; {verdict['cause']}")
+    most = verdict.get("most_divergent")
+    step = (f"; the largest step is {most['op']} {most['node']} ({most['inherited']:.2e} in, {most['rel_l2']:.2e} out)"
+            if most else "")
     if verdict["kind"] == "accumulated":
         return (f"accumulated error, no single culprit: {provider} {precision} reaches relative L2 "
                 f"{verdict['logits_rel_l2']:.2e} at the logits, growing layer by layer from "
-                f"{verdict['first_over_budget']}")
-    return f"no divergence beyond the {precision} budget on {provider}: relative L2 {verdict['logits_rel_l2']:.2e} at the logits"
+                f"{verdict['first_over_budget']}{step}")
+    return (f"no divergence beyond the {precision} budget on {provider}: relative L2 {verdict['logits_rel_l2']:.2e} "
+            f"at the logits{step}")
 
 
 # --- the whole diagnosis, for runtimes.diverge, runtimes.verify --locate and runtimes.tune ------------

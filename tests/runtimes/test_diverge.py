@@ -130,6 +130,10 @@ def test_an_honest_candidate_shows_no_divergence(demo, demo_int8, provider, vari
     assert report["verdict"]["kind"] == "none", report["line"]
     observed = [s["rel_l2"] for s in report["stats"] if s["rel_l2"] is not None]
     assert len(observed) > 50 and max(observed) <= report["budget"]
+    most = report["verdict"]["most_divergent"]
+    assert most["rel_l2"] - most["inherited"] == max(s["rel_l2"] - s["inherited"] for s in report["stats"]
+                                                     if s["rel_l2"] is not None)
+    assert f"the largest step is {most['op']} {most['node']}" in report["line"]
 
 
 def test_a_reference_that_fails_its_anchor_stops_with_one_line(demo, tmp_path):

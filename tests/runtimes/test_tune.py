@@ -65,6 +65,8 @@ def test_a_fast_but_wrong_candidate_is_rejected_and_the_fastest_right_one_chosen
         assert wrong["status"] == "rejected" and wrong["gate"]["passed"] is False
         assert wrong["reason"].startswith("18 images:"), wrong["reason"]  # the one image it gets wrong
     assert "logits outside atol" in _by(record, "fastwrong", "fp32")["reason"]
+    # the locator looked at each: its graph computes honestly (only its answers are altered afterwards)
+    assert _by(record, "fastwrong", "fp32")["located"].startswith("no divergence beyond the fp32 budget on fastwrong")
     assert "top-1 agrees with PyTorch on 94.4%" in _by(record, "fastwrong", "int8")["reason"]
     # ORT int8 is 1.9x (Xeon, AMX) to 2.8x (EPYC) as fast as fp32 here: the fastest that passes
     assert record["choice"] == {"provider": "cpu", "precision": "int8", "batch_size": 1, "threads": 2, "hint": None}
