@@ -29,7 +29,7 @@ demo: $(DEMO_STAMP)
 	$(PY) -m samples.demo
 
 test: $(TEST_STAMP)
-	@echo "== running the test suite (about 6-7 minutes on 2 cores)"
+	@echo "== running the test suite (about 7-8 minutes on 2 cores)"
 	$(PY) -m pytest -q
 
 # The torch row finds the demo checkpoint beside the demo's model.
