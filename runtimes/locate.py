@@ -138,10 +138,12 @@ def elem_types(model) -> dict[str, int]:
     return types
 
 
-def cut(model, feeds: dict[str, np.ndarray], outputs: list[str]):
+def cut(model, feeds: dict[str, np.ndarray], outputs: list[str], shapes: dict[str, tuple] | None = None):
     """The part of ``model`` that computes ``outputs`` from the tensors ``feeds`` names (shaped
     as those arrays) and the initializers; with ``feeds`` holding just the graph input, the
-    whole model with ``outputs`` as its outputs."""
+    whole model with ``outputs`` as its outputs. ``shapes`` gives the outputs' shapes where
+    known (OpenCV 4.x imports no output without one)."""
+    shapes = shapes or {}
     onnx = onnx_module()
     types = elem_types(model)
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -161,7 +163,8 @@ def cut(model, feeds: dict[str, np.ndarray], outputs: list[str]):
     graph = onnx.helper.make_graph(
         nodes, "cut",
         [onnx.helper.make_tensor_value_info(n, types[n], list(v.shape)) for n, v in feeds.items() if n in used],
-        [onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs],
+        [onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT),
+                                            list(shapes[n]) if n in shapes else None) for n in outputs],
         initializer=[i for i in model.graph.initializer if i.name in used],
     )
     part = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
@@ -207,7 +210,7 @@ def run_reference(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict
 
 
 def run_candidate(provider: str, model, feeds: dict[str, np.ndarray], names: list[str],
-                  options: dict[str, Any]) -> dict[str, np.ndarray]:
+                  options: dict[str, Any], shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """``names`` of ``model`` on ``provider``; a runtime giving one output at a time is run once per name."""
     from runtimes.adapters import create_runner
 
@@ -216,7 +219,7 @@ def run_candidate(provider: str, model, feeds: dict[str, np.ndarray], names: lis
     found: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="diverge-") as tmp:
         for i, group in enumerate(groups):
-            part = cut(model, feeds, group)
+            part = cut(model, feeds, group, shapes)
             path = Path(tmp) / f"part{i}.onnx"
             path.write_bytes(part.SerializeToString())
             types = input_types(part)
@@ -258,7 +261,7 @@ def locate(reference_model, candidate_model, provider: str, precision: str, x: n
         s.layer, s.layer_op = (layer.name, layer.op_type) if layer is not None else ("", "")
     if mode == "mark-all":
         names = [by_ref[s.tensor] for s in stats if s.observable]
-        got = run_candidate(provider, candidate_model, feeds, names, options)
+        got = run_candidate(provider, candidate_model, feeds, names, options, _shapes(ref, by_ref))
         final = ref_nodes[-1].output[0]
         marked_final = compare(ref[final], got[by_ref[final]])[0] if final in by_ref else None
         if final_rel is not None and final_rel > budget and marked_final is not None and marked_final <= budget:
@@ -304,7 +307,7 @@ def _bisect(stats, ref_nodes, ref, by_ref, candidate_model, provider, feeds, opt
         if s.rel_l2 is not None or not s.observable:
             return
         try:
-            got = run_candidate(provider, candidate_model, feeds, [by_ref[t]], options)
+            got = run_candidate(provider, candidate_model, feeds, [by_ref[t]], options, _shapes(ref, by_ref))
         except ToolkitError as exc:  # a cut this runtime cannot run: that tensor is not observable here
             s.observable = False
             failures.append(str(exc))
@@ -331,6 +334,11 @@ def _bisect(stats, ref_nodes, ref, by_ref, candidate_model, provider, feeds, opt
         if out in by_ref:
             probe(out)
     return failures
+
+
+def _shapes(ref: dict[str, np.ndarray], by_ref: dict[str, str]) -> dict[str, tuple]:
+    """Each candidate tensor's shape: its reference tensor's."""
+    return {c: ref[r].shape for r, c in by_ref.items() if r in ref}
 
 
 def _inherit(stats: list[TensorStat], ref_nodes) -> None:
@@ -372,8 +380,9 @@ def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options):
         return None, None, {}
     feeds = {name: ref[name] for name in boundary}
     try:
-        part = cut(candidate_model, feeds, [cand_out])
-        got = run_candidate(provider, part, feeds, [cand_out], options)
+        shapes = {cand_out: ref[s.tensor].shape}
+        part = cut(candidate_model, feeds, [cand_out], shapes)
+        got = run_candidate(provider, part, feeds, [cand_out], options, shapes)
     except ToolkitError:
         return None, None, {}
     types = input_types(part)
