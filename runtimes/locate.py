@@ -87,6 +87,7 @@ class Located:
     reduced: bytes | None = None  # the smallest failing model, serialized
     reduced_inputs: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    logits_rel_l2: float | None = None  # the candidate's logits as it runs unmarked
 
 
 def onnx_module():
@@ -236,8 +237,9 @@ def run_candidate(provider: str, model, feeds: dict[str, np.ndarray], names: lis
 
 
 def locate(reference_model, candidate_model, provider: str, precision: str, x: np.ndarray, *, mode: str = "auto",
-           options: dict[str, Any] | None = None, final_rel: float | None = None) -> Located:
-    """Find where ``candidate_model`` on ``provider`` leaves ``reference_model`` for the input batch ``x``."""
+           options: dict[str, Any] | None = None, logits: np.ndarray | None = None) -> Located:
+    """Find where ``candidate_model`` on ``provider`` leaves ``reference_model`` for the input batch ``x``;
+    ``logits`` are the candidate's own, as it runs unmarked (None: it could not run)."""
     options = options or {}
     budget = BUDGETS[precision]
     ref_nodes = list(reference_model.graph.node)
@@ -245,6 +247,8 @@ def locate(reference_model, candidate_model, provider: str, precision: str, x: n
     input_name = reference_model.graph.input[0].name
     feeds = {input_name: x.astype(np.float32)}
     ref = run_reference(reference_model, feeds, ref_names)
+    final = reference_model.graph.output[0].name
+    final_rel = compare(ref[final], logits)[0] if logits is not None else None
     mapping = tensor_map(candidate_model, set(ref_names))
     by_ref: dict[str, str] = {}
     for c, r in mapping.items():  # an int8 tensor's DequantizeLinear output: what the next layer reads
@@ -262,7 +266,6 @@ def locate(reference_model, candidate_model, provider: str, precision: str, x: n
     if mode == "mark-all":
         names = [by_ref[s.tensor] for s in stats if s.observable]
         got = run_candidate(provider, candidate_model, feeds, names, options, _shapes(ref, by_ref))
-        final = ref_nodes[-1].output[0]
         marked_final = compare(ref[final], got[by_ref[final]])[0] if final in by_ref else None
         if final_rel is not None and final_rel > budget and marked_final is not None and marked_final <= budget:
             notes.append(f"marking every tensor as an output made the candidate pass ({marked_final:.2e} at the "
@@ -279,7 +282,7 @@ def locate(reference_model, candidate_model, provider: str, precision: str, x: n
                          f"observable: {failures[0]}")
     _inherit(stats, ref_nodes)
     diverging = [s for s in stats if s.rel_l2 is not None and s.rel_l2 > budget and s.rel_l2 > JUMP * s.inherited]
-    located = Located(mode, budget, stats, {}, notes=notes)
+    located = Located(mode, budget, stats, {}, notes=notes, logits_rel_l2=final_rel)
     for s in diverging[:LOCAL_CHECKS]:
         s.local, model, inputs = _local(s, candidate_model, by_ref, {**feeds, **ref}, provider, options)
         if located.reduced is None and s.local is not None and s.local > budget:
@@ -499,21 +502,18 @@ def diagnose(fp32_model: Path, candidate: Path, provider: str, precision: str, r
     options = options or {}
     reference_model, candidate_model = onnx.load(str(fp32_model)), onnx.load(str(candidate))
     anchor(reference_model, reference)
-    input_name, output = reference_model.graph.input[0].name, reference_model.graph.output[0].name
-    ref_logits = run_reference(reference_model, {input_name: x}, [output])[output]
-    final_rel, whole = None, None
+    logits, failed = None, None
     try:
         with create_runner(provider, candidate, None, batch_size=len(x), **options) as runner:
-            whole = runner.infer(x)
-        final_rel = compare(ref_logits, whole)[0]
+            logits = runner.infer(x)
     except ToolkitError as exc:
-        whole = str(exc)
+        failed = str(exc)
     located = locate(reference_model, candidate_model, provider, precision, x, mode=mode, options=options,
-                     final_rel=final_rel)
+                     logits=logits)
     return {
         "provider": provider, "precision": precision, "candidate": str(candidate), "reference": str(fp32_model),
-        "mode": located.mode, "budget": located.budget, "logits_rel_l2": final_rel,
-        "candidate_failed": whole if isinstance(whole, str) else None,
+        "mode": located.mode, "budget": located.budget, "logits_rel_l2": located.logits_rel_l2,
+        "candidate_failed": failed,
         "verdict": located.verdict, "line": verdict_line(located.verdict, precision, provider),
         "notes": located.notes, "stats": [s.as_dict() for s in located.stats],
         "seconds": round(time.perf_counter() - started, 2),

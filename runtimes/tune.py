@@ -531,7 +531,8 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
     measured = [c for c in live if c.entrant.measured]
     if measured:
         leader = next(c for c in measured if c.entrant is race.leader)
-        close = [c for c in measured if c is leader or (ratio(c.entrant, leader.entrant) or _never()).value <= 1 + args.min_gain]
+        close = [leader, *(c for c in measured if c is not leader
+                           and (r := ratio(c.entrant, leader.entrant)) is not None and r.value <= 1 + args.min_gain)]
     else:  # no round ran: the gate's timing is all there is
         leader = min(live, key=lambda c: _cost(c, args))
         close = [leader]
@@ -567,12 +568,6 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
 def _cost(candidate: Candidate, args) -> float:
     """The gate's seconds per call, or per image for the throughput metric."""
     return candidate.estimate_s / (candidate.config.batch_size if args.metric == "throughput" else 1)
-
-
-def _never():
-    from runtimes.race import Ratio
-
-    return Ratio(float("inf"), float("inf"), float("inf"), 0)
 
 
 def _busy_warnings(race) -> list[str]:

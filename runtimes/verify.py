@@ -121,9 +121,11 @@ def verify(
                 fp32 = opened.model("fp32").path if bundle is not None else _fp32_beside(reference_for(model, spec))
                 results[-1]["located"] = _locate(fp32, used, judged_as, reference, checks, runner.spec)
     if json_output:
+        from runtimes.locate import public
+
         record = {"source": header, "passed": not failed, "notes": notes, "models": [
             {**r, "tolerance": dataclasses.asdict(r["tolerance"]),
-             **({"located": _public(r["located"])} if "located" in r else {}),
+             **({"located": public(r["located"])} if "located" in r else {}),
              "checks": [{"name": c.name, "judged": c.judged, **c.stats.as_dict()} for c in r["checks"]]}
             for r in results
         ]}
@@ -161,12 +163,6 @@ def _locate(fp32: Path, used, precision: str, reference, checks, spec) -> dict:
     options = {**precision_options(used.provider, precision), **used.options}
     return diagnose(fp32, used.model, used.provider, precision, reference, failing_input(checks, reference, spec),
                     options=options)
-
-
-def _public(report: dict) -> dict:
-    from runtimes.locate import public
-
-    return public(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,13 +62,7 @@ class Runner(ABC):
         input shape, number of classes).
         """
         if not self._loaded:
-            require_model(self.model_path)
-            reason = self.unavailable_reason()
-            if reason is None:
-                self._load_impl()
-            else:
-                self._load_unavailable(reason)
-            self._loaded = True
+            self.load_graph()
             try:
                 graph = read_graph_io(self.model_path)
                 if self._spec is None:
@@ -112,12 +106,7 @@ class Runner(ABC):
 
     def outputs(self, feeds: dict[str, "np.ndarray"], names: list[str]) -> dict[str, "np.ndarray"]:
         """The graph outputs ``names`` for the inputs ``feeds`` (by name); one line if the runtime fails."""
-        try:
-            return self._outputs_impl(feeds, names)
-        except ToolkitError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"{self.name}: cannot run {self.model_path}: {first_line(exc)}") from None
+        return self._guarded(self._outputs_impl, feeds, names)
 
     def _outputs_impl(self, feeds: dict[str, "np.ndarray"], names: list[str]) -> dict[str, "np.ndarray"]:
         raise ProviderError(f"{self.name} cannot run a graph's intermediate tensors")
@@ -135,15 +124,16 @@ class Runner(ABC):
             )
 
     def _run(self, batch: "np.ndarray") -> "np.ndarray":
-        """``_infer_impl`` with whatever the runtime raises turned into one InferenceError line."""
+        return self._guarded(self._infer_impl, batch)
+
+    def _guarded(self, call, *args):
+        """``call(*args)`` with whatever the runtime raises turned into one InferenceError line."""
         try:
-            return self._infer_impl(batch)
+            return call(*args)
         except ToolkitError:
             raise
         except Exception as exc:  # cv2.error, ORT's Fail, OpenVINO's RuntimeError, ...
-            raise InferenceError(
-                f"{self.name}: cannot run {self.model_path}: {first_line(exc)}"
-            ) from None
+            raise InferenceError(f"{self.name}: cannot run {self.model_path}: {first_line(exc)}") from None
 
     def _infer_in_pieces(self, batch: "np.ndarray", size: int) -> "np.ndarray":
         """For a graph whose batch size is fixed: pieces of ``size`` images, the last one zero-padded."""
