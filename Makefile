@@ -7,7 +7,7 @@ PIP         := $(PY) -m pip install --quiet --disable-pip-version-check
 DEMO_STAMP  := $(VENV)/.installed-demo
 TEST_STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-aarch64 bench clean
 
 $(PY):
 	@echo "== creating $(VENV) (Python 3.10+)"
@@ -31,6 +31,17 @@ demo: $(DEMO_STAMP)
 test: $(TEST_STAMP)
 	@echo "== running the test suite (about 7-8 minutes on 2 cores)"
 	$(PY) -m pytest -q
+
+# The demo bundle on an arm64 Debian userland under qemu-user (tests/aarch64): its requirements as
+# aarch64 wheels, verified and run on emulated Cortex-A72 and A76 cores. The userland and wheels are
+# kept in artifacts/aarch64; the bundle is made again when the toolkit's code changes.
+BUNDLE := artifacts/bundle/bundle.json
+$(BUNDLE): $(TEST_STAMP) $(wildcard runtimes/*.py runtimes/adapters/*.py deploy/*.py converters/*.py samples/*.py)
+	$(PY) -m samples.demo
+
+test-aarch64: $(BUNDLE)
+	@echo "== the demo bundle on an emulated arm64 board (a few minutes; the first run also builds the userland)"
+	$(PY) tests/aarch64/check.py --bundle artifacts/bundle --cache artifacts/aarch64
 
 # The torch row finds the demo checkpoint beside the demo's model.
 bench: $(TEST_STAMP)

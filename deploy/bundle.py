@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 import runtimes
+from runtimes.adapters.nvidia import JETSON_FIX
 from runtimes.atomic import write_bytes
 from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, providers_for, sha256_file
 from runtimes.errors import BundleError
@@ -58,8 +59,12 @@ def requirements(targets: list[str]) -> list[str]:
     pins = [f"{name}=={package_version(name)}" for name in ("numpy", "opencv-python-headless", "pillow")]
     if any(t in ("cuda", "tensorrt") for t in targets):
         # Its CPU provider serves a cpu target too: the two packages cannot share one environment.
-        # On Jetson, take onnxruntime-gpu from NVIDIA's Jetson wheels instead (not on PyPI for aarch64).
-        pins.append(f"onnxruntime-gpu=={_ort_version()}; platform_machine == 'x86_64'")
+        # Every machine gets an ONNX Runtime: on aarch64 unpinned, since a Jetson's must match its
+        # JetPack (NVIDIA's index, installed first, satisfies the line; without it, PyPI's
+        # server build installs, and verify says where the Jetson one comes from).
+        pins += [f"onnxruntime-gpu=={_ort_version()}; platform_machine == 'x86_64'",
+                 f"# {JETSON_FIX}",
+                 "onnxruntime-gpu; platform_machine == 'aarch64'"]
     elif "cpu" in targets:
         pins.append(f"onnxruntime=={_ort_version()}")
     if "openvino" in targets:
@@ -114,6 +119,8 @@ def _readme(target: str, providers: list[str]) -> str:
         "python -m runtimes.run --bundle . photo.jpg   # classify, with the tuned choice\n"
         "```\n\n"
         f"Without tuning, providers are tried in order: {', '.join(providers)}. `--provider NAME` picks one.\n"
+        + (f"\n{JETSON_FIX[0].upper()}{JETSON_FIX[1:]}, before `pip install -r requirements.txt`.\n"
+           if {"cuda", "tensorrt"} & set(providers) else "")
     )
 
 

@@ -14,7 +14,7 @@ from runtimes.tuned import PRECISION_RANK, RUNTIME_PRECISIONS, Configuration
 GPU_PROVIDERS = ("cuda", "tensorrt")
 # The CPU flags with which OpenVINO computes in bf16, and in f16, natively; without
 # them it runs that precision as another (f16 as bf16 or f32, bf16 as f32).
-NATIVE = {"bf16": ("avx512_bf16", "amx_bf16"), "f16": ("avx512_fp16", "amx_fp16")}
+NATIVE = {"bf16": ("avx512_bf16", "amx_bf16"), "f16": ("avx512_fp16", "amx_fp16", "asimdhp")}
 DEFAULT_BATCH_SIZES = {"latency": (1,), "throughput": (1, 8)}
 
 

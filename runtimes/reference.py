@@ -104,6 +104,27 @@ class Reference:
             raise BundleError(f"reference answers {path} lack the array {exc}; re-export the model") from None
 
 
+    def subset(self, images: int) -> "Reference":
+        """A quicker check: the smallest seeded batch, and ``images`` of the images, taken in
+        turn from each class PyTorch answered (the first image of every class, then the
+        second, ...), so that a few images still span the classes."""
+        if not self.inputs:
+            raise BundleError("the reference answers hold no seeded inputs; re-export the model")
+        smallest = min(range(len(self.inputs)), key=lambda i: len(self.inputs[i]))
+        chosen: list[int] = []
+        if self.images:
+            by_class: dict[int, list[int]] = {}
+            for i, row in enumerate(self.image_logits):
+                by_class.setdefault(int(np.argmax(row)), []).append(i)
+            turns = [queue[k] for k in range(len(self.images)) for queue in by_class.values() if k < len(queue)]
+            chosen = sorted(turns[:images])
+        return Reference(
+            (self.inputs[smallest],), (self.input_logits[smallest],),
+            tuple(self.image_names[i] for i in chosen), tuple(self.images[i] for i in chosen),
+            self.image_logits[chosen] if self.images else None,
+        )
+
+
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz that np.load reads, with fixed timestamps so equal arrays give equal bytes."""
     buffer = io.BytesIO()

@@ -1,6 +1,6 @@
 """Does this device give PyTorch's answers? Replay the reference answers on its runtime.
 
-    python -m runtimes.verify --bundle DIR [--provider P] [--precision fp32|fp16|int8] [--json]
+    python -m runtimes.verify --bundle DIR [--provider P] [--precision fp32|fp16|int8] [--images N] [--json]
     python -m runtimes.verify --model artifacts/googlenet.onnx [--provider P]
     python -m runtimes.verify --model artifacts/googlenet.int8.onnx   # a variant: its parent's answers
 
@@ -12,6 +12,8 @@ int8 models are judged by top-1 agreement on the images; their noise-input stati
 are shown, not judged, and no top-5 figure is shown for them (see ``_report``).
 A variant from ``converters.quantize`` is checked against the answers of the fp32
 model it was made from, found beside it by the parent's sha256 its spec records.
+``--images N`` is the quick check for a slow device (or an emulator): the smallest seeded
+batch and N images spanning PyTorch's classes, named in the output.
 
 Exit status: 0 all within tolerance, 3 some outside it, 2 a user error (a missing or
 tampered bundle, a provider that cannot run here).
@@ -66,6 +68,7 @@ def verify(
     ckpt: Path | None = None,
     json_output: bool = False,
     locate: bool = False,
+    images: int | None = None,
     out=None,
 ) -> int:
     """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED.
@@ -92,7 +95,7 @@ def verify(
             opened = stack.enter_context(open_bundle(bundle))
             reference = Reference.load(opened.reference)
             header = f"bundle {bundle} (made by googlenet-deploy {opened.made_by}, target {opened.target})"
-            tuned = usable_tuned(bundle, opened, {**given, "provider": provider, "variant": precision}, notes.append)
+            tuned = usable_tuned(bundle, opened, {**given, "provider": provider, "precision": precision}, notes.append)
             if tuned is not None:
                 groups = [tuned_attempts(opened, tuned, given)]
             else:
@@ -104,6 +107,11 @@ def verify(
             groups = [provider_attempts(model, spec, (provider or "cpu",), given)]
             reference = Reference.load(reference_for(model, spec))
             header = f"model {model}"
+        if images is not None:
+            whole, reference = reference, reference.subset(images)
+            notes.append(f"quick check (--images {images}): seeded batch {len(reference.inputs[0])} of "
+                         f"{len(whole.inputs)}, and {len(reference.images)} of {len(whole.images)} images: "
+                         f"{', '.join(reference.image_names) or 'none'}")
         results, failed = [], False
         for attempts in groups:
             runner, used, skipped = first_loadable(attempts, lambda a: create_runner(
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="bundle: check only this model (fp32, fp16, int8); default: all")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: physical cores)")
     parser.add_argument("--ckpt", type=Path, help="torch: the source checkpoint (default: the one the model records, beside it)")
+    parser.add_argument("--images", type=positive_int, metavar="N",
+                        help="quick check: the smallest seeded batch and N of the reference images, spanning the classes")
     parser.add_argument("--json", dest="json_output", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--locate", action="store_true",
                         help="on the first failing check, name the layer where the model goes wrong (runtimes.diverge; needs onnx)")

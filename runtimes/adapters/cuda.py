@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from runtimes.adapters.nvidia import CUDA_FIX, gpu_names, gpu_provider_unavailable
+from runtimes.adapters.nvidia import gpu_fix, gpu_names, gpu_provider_unavailable
 from runtimes.adapters.ort_common import OrtRunner, ort_failure_lines
 from runtimes.adapters.registry import unavailable_error
 from runtimes.errors import ProviderError
@@ -27,7 +27,8 @@ class CudaRunner(OrtRunner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        return super().unavailable_reason() or gpu_provider_unavailable(cls.name)
+        missing = super().unavailable_reason()  # no onnxruntime at all: say where the GPU build comes from
+        return f"{missing}; {gpu_fix(cls.name)}" if missing else gpu_provider_unavailable(cls.name)
 
     def _cuda_options(self) -> dict[str, Any]:
         # ORT's CUDA provider defaults to TF32 matmuls/convs on Ampere and newer, which
@@ -54,7 +55,7 @@ class CudaRunner(OrtRunner):
         session, log = self._create_session(self._provider_chain())
         active = session.get_providers()
         if self.provider not in active:
-            reason = f"{self.provider} did not become active; ORT said: {ort_failure_lines(log)}; {CUDA_FIX}"
+            reason = f"{self.provider} did not become active; ORT said: {ort_failure_lines(log)}; {gpu_fix(self.name)}"
             self._fall_back(reason, active[0])
         self.session = session
 

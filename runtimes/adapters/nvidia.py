@@ -14,6 +14,7 @@ import functools
 import glob
 import importlib.util
 import os
+import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,20 @@ CUDA_FIX = (
     "or install them and set LD_LIBRARY_PATH"
 )
 TENSORRT_FIX = f"TensorRT 10 for CUDA 13 is also needed: pip install tensorrt-cu13; {CUDA_FIX}"
+# A Jetson's CUDA is JetPack's: PyPI's aarch64 onnxruntime-gpu is built for CUDA 13 on
+# server-class (SBSA) machines, and its CUDA provider does not load on JetPack 6.
+JETSON_FIX = (
+    "on a Jetson, install onnxruntime-gpu from NVIDIA's Jetson index for its JetPack, not from PyPI (whose aarch64 "
+    "build is for CUDA 13 servers): pip install onnxruntime-gpu --extra-index-url "
+    "https://pypi.jetson-ai-lab.io/jp6/cu126 on JetPack 6 (other JetPacks have their own folder there)"
+)
+
+
+def gpu_fix(kind: str = "cuda") -> str:
+    """How to get ORT's ``kind`` ("cuda" or "tensorrt") provider working on this machine."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return JETSON_FIX
+    return TENSORRT_FIX if kind == "tensorrt" else CUDA_FIX
 
 
 @dataclass(frozen=True)
@@ -162,7 +177,7 @@ def gpu_names() -> tuple[str, ...] | str:
 
 def gpu_provider_unavailable(kind: str) -> str | None:
     """Why ORT's ``kind`` ("cuda" or "tensorrt") provider cannot run here, with the fix; None if it may."""
-    fix = TENSORRT_FIX if kind == "tensorrt" else CUDA_FIX
+    fix = gpu_fix(kind)
     library_error = provider_library_error(kind)
     if library_error is not None:
         return f"{library_error}; {fix}"

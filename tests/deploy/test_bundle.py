@@ -291,3 +291,48 @@ def test_a_provider_that_cannot_run_here_falls_to_the_next_in_the_bundle(model_w
     if unavailable_reason("cuda") is not None:  # this machine: no GPU, so the bundle's next provider runs
         assert "warning: requested provider 'cuda'" in proc.stderr and "using the bundle's next provider" in proc.stderr
         assert "provider: cpu (CPUExecutionProvider)" in proc.stderr
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+@pytest.mark.parametrize("targets, runtime", [
+    (["cpu"], "onnxruntime"), (["cpu", "openvino"], "onnxruntime"),
+    (["cuda"], "onnxruntime-gpu"), (["tensorrt", "cpu"], "onnxruntime-gpu"),
+], ids=["cpu", "cpu+openvino", "cuda", "tensorrt+cpu"])
+def test_every_machine_installs_exactly_one_onnx_runtime(targets, runtime, machine):
+    """pip evaluates the markers as a Jetson (aarch64) or a PC would: neither is left without
+    ONNX Runtime, nor given two that would share one folder. A GPU bundle says, in a comment
+    beside its aarch64 line, where a Jetson's comes from."""
+    from packaging.requirements import Requirement
+
+    from deploy.bundle import requirements
+
+    lines = requirements(targets)
+    installed = [r for r in map(Requirement, (l for l in lines if not l.startswith("#")))
+                 if r.marker is None or r.marker.evaluate({"platform_machine": machine})]
+    assert [r.name for r in installed if r.name.startswith("onnxruntime")] == [runtime]
+    assert any("jetson-ai-lab" in line and line.startswith("#") for line in lines) == (runtime == "onnxruntime-gpu")
+
+
+def test_a_gpu_bundle_readme_tells_a_jetson_where_its_onnx_runtime_comes_from(model_with_variant, tmp_path):
+    folder, _ = build_bundle(model_with_variant, tmp_path / "jetson", target="tensorrt")
+    assert "jetson-ai-lab.io/jp6" in (folder / "README.md").read_text()
+    with open_bundle(folder):  # the comment is no option, nor a path: the bundle's own checks accept it
+        pass
+    cpu, _ = build_bundle(model_with_variant, tmp_path / "pi", target="cpu")
+    assert "jetson" not in (cpu / "README.md").read_text().lower()
+
+
+def test_without_its_provider_an_aarch64_machine_is_told_of_the_jetson_index(monkeypatch):
+    """What verify and run print for `--provider cuda` on an arm64 board without a working CUDA
+    provider (test-aarch64 sees it under emulation too)."""
+    import platform
+
+    from runtimes.adapters import unavailable_reason
+
+    reason_here = unavailable_reason("cuda")
+    if reason_here is None:
+        pytest.skip("this machine's CUDA provider loads: nothing is missing to explain")
+    assert "jetson" not in reason_here.lower()
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    for provider in ("cuda", "tensorrt"):
+        assert "https://pypi.jetson-ai-lab.io/jp6/cu126" in unavailable_reason(provider)
