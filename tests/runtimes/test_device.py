@@ -99,6 +99,16 @@ CPU part\t: 0x801
 CPU revision\t: 4
 """
 
+KUNPENG920 = """processor\t: 0
+BogoMIPS\t: 200.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma dcpop asimddp asimdfhm
+CPU implementer\t: 0x48
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd01
+CPU revision\t: 0
+"""
+
 XEON = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8480+
@@ -135,8 +145,9 @@ def cpuinfo(monkeypatch):
     (RK3588, "Cortex-A55 + Cortex-A76", ["asimd", "asimdhp", "asimddp"]),
     (GRAVITON3, "Neoverse-V1", ["asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve"]),
     (QUALCOMM, "implementer 0x51 part 0x801", ["asimd"]),
+    (KUNPENG920, "implementer 0x48 part 0xd01", ["asimd", "asimdhp", "asimddp"]),  # HiSilicon's 0xd01 is no Cortex-A32
     (XEON, "Intel(R) Xeon(R) Platinum 8480+", ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]),
-], ids=["pi4", "pi5", "jetson-orin", "rk3588", "graviton3", "qualcomm", "xeon"])
+], ids=["pi4", "pi5", "jetson-orin", "rk3588", "graviton3", "qualcomm", "kunpeng920", "xeon"])
 def test_cpu_info_names_the_cpu_and_its_inference_flags(cpuinfo, text, model, flags):
     """An aarch64 kernel gives no model name (Jetson's "ARMv8 Processor" names no core): the
     board and the cores named from their part numbers stand in for it."""

@@ -79,3 +79,24 @@ def test_export_keeps_the_gate_inputs_and_the_sample_images_with_pytorch_logits(
     with torch.inference_mode():
         np.testing.assert_allclose(model(torch.from_numpy(batch)).numpy(), ref.image_logits[5:8], atol=1e-5, rtol=0)
         np.testing.assert_allclose(model(torch.from_numpy(ref.inputs[0])).numpy(), ref.input_logits[0], atol=1e-5, rtol=0)
+
+
+def test_a_subset_keeps_the_smallest_seeded_batch_and_spans_the_classes():
+    """verify --images N: N images taken in turn from each class PyTorch answered, each with its own logits."""
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((4, 3, 2, 2)).astype(np.float16).astype(np.float32)
+    small = big[:1].copy()
+    classes = [0, 0, 0, 1, 1, 2]  # PyTorch's top-1 of each image
+    logits = np.eye(3, dtype=np.float32)[classes] * 5 + rng.standard_normal((6, 3)).astype(np.float32) * 0.1
+    names = tuple(f"img{i}.jpg" for i in range(6))
+    ref = Reference((big, small), (np.ones((4, 3), np.float32), np.zeros((1, 3), np.float32)),
+                    names, tuple(n.encode() for n in names), logits)
+    quick = ref.subset(4)
+    assert len(quick.inputs) == 1 and np.array_equal(quick.inputs[0], small)
+    assert np.array_equal(quick.input_logits[0], np.zeros((1, 3), np.float32))
+    assert quick.image_names == ("img0.jpg", "img1.jpg", "img3.jpg", "img5.jpg")  # 0, 1, 2 then class 0 again
+    assert quick.images == tuple(n.encode() for n in quick.image_names)
+    assert np.array_equal(quick.image_logits, logits[[0, 1, 3, 5]])
+    assert ref.subset(2).image_names == ("img0.jpg", "img3.jpg")
+    assert ref.subset(99).image_names == names
+    assert _small(images=False).subset(3).images == ()

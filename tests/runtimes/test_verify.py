@@ -115,3 +115,20 @@ def test_a_precision_this_toolkit_does_not_know_is_one_line(demo_export, tmp_pat
     proc = _verify("--model", str(tmp_path / "odd.onnx"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "no tolerance for precision 'fp8'" in proc.stderr
+
+
+def test_images_n_is_a_quick_check_that_names_what_it_checked(demo_export, tmp_path):
+    """For a slow device: the smallest seeded batch and N images spanning the classes, listed
+    in the output; a wrong model still fails it."""
+    proc = _verify("--model", str(demo_export.path), "--images", "3", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads(proc.stdout)
+    (model,) = record["models"]
+    assert [c["name"] for c in model["checks"]] == ["seeded batch 1", "3 images"]
+    (note,) = [n for n in record["notes"] if n.startswith("quick check")]
+    shown = note.rsplit(": ", 1)[1].split(", ")
+    assert len(shown) == 3 and len({name.rsplit("_", 1)[0] for name in shown}) == 3  # three classes
+    assert "seeded batch 1 of 2, and 3 of 18 images" in note
+    bad = save_perturbed_copy(demo_export.path, tmp_path / "bad.onnx")
+    assert _verify("--model", str(bad), "--images", "1").returncode == 3
+    assert _verify("--model", str(demo_export.path), "--images", "0").returncode == 2
