@@ -11,7 +11,8 @@ What a Raspberry Pi would do with the bundle, on this x86_64 machine:
    with fewer images, ``runtimes.run --bundle`` on two sample images (same top-1 as this x86
    machine, probabilities within fp32's tolerance) and ``runtimes.doctor``;
 4. on an emulated Cortex-A76 (Pi 5), whose dotprod instructions ONNX Runtime's int8 kernels use:
-   the int8 model verified again, and the doctor.
+   the int8 model verified again, the doctor, and the fp32 model on OpenVINO, whose own default
+   on this fp16-capable core is f16 (the adapter pins f32).
 It prints the emulated CPUs, the wheel set and the time of each step, and exits 1 on the first
 failure, with one line saying which. Speed under emulation means nothing (~1,000x slower).
 """
@@ -41,6 +42,11 @@ class Failed(Exception):
     pass
 
 
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    """What a failed command said last: its error line."""
+    return (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+
+
 def sh(command: list[str], *, env: dict | None = None, cwd: Path | None = None) -> str:
     """Run ``command``; its stdout, or Failed with the last line it printed."""
     try:
@@ -48,8 +54,7 @@ def sh(command: list[str], *, env: dict | None = None, cwd: Path | None = None) 
     except subprocess.TimeoutExpired:
         raise Failed(f"{' '.join(command[:6])}... did not end in {STEP_TIMEOUT_S} s") from None
     if proc.returncode != 0:
-        said = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise Failed(f"{' '.join(command[:8])}... exited {proc.returncode}: {said}")
+        raise Failed(f"{' '.join(command[:8])}... exited {proc.returncode}: {last_line(proc)}")
     return proc.stdout
 
 
@@ -72,8 +77,7 @@ class Arm64:
     def json(self, cpu: str, *args: str, ok=(0,)) -> tuple[list[dict], str]:
         proc = self.python(cpu, *args)
         if proc.returncode not in ok:
-            said = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-            raise Failed(f"{cpu}: {' '.join(args[:3])} exited {proc.returncode}: {said}")
+            raise Failed(f"{cpu}: {' '.join(args[:3])} exited {proc.returncode}: {last_line(proc)}")
         return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")], proc.stderr
 
 
@@ -82,7 +86,7 @@ def install_wheels(bundle: Path, cache: Path, arm: Arm64) -> tuple[Path, list[st
     folder named by what went into it (reused while those stay the same); the wheel set."""
     probe = arm.python("cortex-a72", "-c", "import platform, sys; print(platform.libc_ver()[1], '%d.%d' % sys.version_info[:2])")
     if probe.returncode != 0:
-        raise Failed(f"the arm64 Python does not start: {(probe.stderr.strip() or 'no output').splitlines()[-1]}")
+        raise Failed(f"the arm64 Python does not start: {last_line(probe)}")
     glibc, python = probe.stdout.split()
     requirements = bundle / "requirements.txt"
     digest = hashlib.sha256(f"{glibc} {python}".encode() + requirements.read_bytes())
@@ -102,16 +106,19 @@ def install_wheels(bundle: Path, cache: Path, arm: Arm64) -> tuple[Path, list[st
             "--target", str(partial), "-r", requirements.name], cwd=bundle)
         partial.rename(site)
     wheels = sorted(re.sub(r"\.dist-info$", "", d.name).replace("-", " ", 1) for d in site.glob("*.dist-info"))
-    names = {w.split()[0].lower().replace("_", "-") for w in wheels}
-    if "torch" in names:
+    installed = {(normalized(w.split()[0]), w.split()[1]) for w in wheels}
+    if any(name == "torch" for name, _ in installed):
         raise Failed("torch entered the bundle's environment")
     for line in requirements.read_text().splitlines():
         pinned = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)\s*$", line)
-        if pinned and f"{pinned.group(1).lower().replace('_', '-')} {pinned.group(2)}" not in {
-                f"{w.split()[0].lower().replace('_', '-')} {w.split()[1]}" for w in wheels}:
+        if pinned and (normalized(pinned.group(1)), pinned.group(2)) not in installed:
             raise Failed(f"{line} is not what was installed for aarch64: {', '.join(wheels)}")
     arm.site = site
     return site, wheels
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def top1(records: list[dict]) -> dict[str, tuple[str, dict[str, float]]]:
@@ -177,7 +184,7 @@ def check_doctor(arm: Arm64, cpu: str, core: str, features: tuple[str, ...]) -> 
     """runtimes.doctor names the emulated core and its NEON, dotprod and i8mm features."""
     proc = arm.python(cpu, "-m", "runtimes.doctor")
     if proc.returncode != 0:
-        raise Failed(f"{cpu}: runtimes.doctor exited {proc.returncode}: {(proc.stderr.strip() or 'no output').splitlines()[-1]}")
+        raise Failed(f"{cpu}: runtimes.doctor exited {proc.returncode}: {last_line(proc)}")
     line = next((l.strip() for l in proc.stdout.splitlines() if l.strip().startswith("CPU:")), "")
     missing = [f for f in (core, *features) if f not in line]
     if missing:
@@ -225,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         a76 = step("doctor, Cortex-A76", lambda: check_doctor(arm, "cortex-a76", "Cortex-A76", ("NEON", "dotprod (asimddp)", "no i8mm")))
         step(f"verify int8 on ONNX Runtime (dotprod kernels), {args.images} images, Cortex-A76", lambda: check_verify(
             arm, bundle, "cortex-a76", args.images, "--precision", "int8", expect=("int8",)))
+        # OpenVINO's own default on an fp16-capable core is f16: the adapter's f32 pin must hold there.
+        step("verify fp32 on openvino, 2 images, Cortex-A76", lambda: check_verify(
+            arm, bundle, "cortex-a76", 2, "--provider", "openvino", "--precision", "fp32", expect=("fp32",)))
     except Failed as exc:
         print(f"test-aarch64: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -297,3 +297,20 @@ def test_the_plot_draws_a_bar_per_candidate_and_hatches_the_rejected(tuned_bundl
     assert "rejected: 18 images: 3 logits outside atol" in texts and texts.count("chosen") == 1
     tune._plot(record, tmp_path / "tune.png")
     assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags, f16_kept", [
+    (["avx2", "fma", "avx512f"], False), (["avx512_fp16"], True), (["amx_fp16"], True),
+    (["asimd"], False), (["asimd", "asimdhp", "asimddp"], True),
+], ids=["avx512", "avx512-fp16", "amx-fp16", "cortex-a72", "cortex-a76"])
+def test_openvino_f16_is_tried_only_where_the_cpu_computes_in_fp16(flags, f16_kept):
+    """OpenVINO's f16 is native with AVX512-FP16 or AMX-FP16 on x86, and with asimdhp (ARMv8.2
+    fp16, a Pi 5's A76) on ARM; elsewhere it would run as another candidate already measured."""
+    from runtimes.candidates import enumerate_candidates
+
+    kept, dropped = enumerate_candidates(
+        models=["fp32"], providers=["openvino"], precisions=["fp32", "f16"], batch_sizes=[1], threads=[2],
+        metric="latency", cpu_flags=flags, unavailable=lambda provider: None)
+    assert ("f16" in {c.precision for c in kept}) == f16_kept
+    assert "fp32" in {c.precision for c in kept}
+    assert any(d.configuration.precision == "f16" and "this CPU has no" in d.reason for d in dropped) == (not f16_kept)
