@@ -28,7 +28,6 @@ import argparse
 import gzip
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import runtimes
 from runtimes.adapters.nvidia import JETSON_FIX
-from runtimes.atomic import write_bytes
+from runtimes.atomic import replace_dir, write_bytes
 from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, providers_for, sha256_file
 from runtimes.errors import BundleError
 from runtimes.reference import reference_path_for
@@ -217,17 +216,6 @@ def _tar_gz(folder: Path, name: str) -> bytes:
             else:
                 archive.addfile(info)
     return gzip.compress(raw.getvalue(), mtime=0)
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an old folder there is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-        os.replace(out, old / out.name)
-    os.replace(new, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _size(path: Path) -> int:

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from deploy.bundle import replace_dir
+from runtimes.atomic import replace_dir
 from runtimes.cli import positive_int, run_cli
 from runtimes.errors import BundleError
 from runtimes.spec import DEFAULT_MODEL, ModelSpec

@@ -1,0 +1,144 @@
+"""The Ray side of ``deploy.batch``: a cluster, an actor pool of workers, and what each
+crash leaves behind. Imported only by ``deploy.batch`` (the ``batch`` extra: ``ray[data]``).
+
+The pipeline is ``from_items(paths)`` -> ``map_batches(ClassifyActor)`` on an actor pool
+-> the driver, which writes every row itself. Decoding happens inside the actor (the
+least memory: no image crosses the object store). The traps of Ray's defaults, each
+avoided here on purpose:
+
+- unlimited actor restarts and task retries: an input that kills its process would loop
+  forever. Both are bounded (``max_crash_retries``); when they run out, the pass fails,
+  and the ledger says which inputs were in the dead process's hands;
+- an actor asking for every CPU leaves none for Ray Data's own tasks, and the job hangs
+  with no warning: each actor asks for less than its share;
+- Ray's writers append, escape ``/`` in JSON, and lose order with two actors or a retry:
+  the driver writes the rows, one per input, checked against the input list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from deploy.batch_classify import Job, Worker
+
+# The share of a CPU each actor leaves free for Ray Data's scheduling and block tasks.
+CPU_HEADROOM = 0.9
+
+
+@ray.remote(num_cpus=0)
+class Ledger:
+    """Which inputs each live actor has in hand: what a crash would take with it."""
+
+    def __init__(self) -> None:
+        self.in_hand: dict[str, list[str]] = {}
+        self.verified: dict[str, str] = {}  # node -> the model sha256 its actors checked
+        self.workers: list[str] = []  # node:pid of every actor process that loaded the model
+
+    def begin(self, key: str, names: list[str]) -> None:
+        self.in_hand[key] = names
+
+    def end(self, key: str) -> None:
+        self.in_hand.pop(key, None)
+
+    def loaded(self, key: str, node: str, sha256: str) -> None:
+        self.verified[node] = sha256
+        self.workers.append(key)
+
+    def report(self) -> dict[str, Any]:
+        return {"in_hand": [n for names in self.in_hand.values() for n in names], "verified": dict(self.verified),
+                "workers": list(self.workers)}
+
+
+class ClassifyActor:
+    """One worker in a Ray actor: the model from the object store, checked by sha256 on arrival."""
+
+    def __init__(self, job_json: str, model_ref: list, ledger) -> None:
+        self.node = ray.get_runtime_context().get_node_id()
+        self.key = f"{self.node}:{os.getpid()}"
+        job = Job.from_json(job_json)
+        self.worker = Worker(job, ray.get(model_ref[0]), f"node {self.node[:12]}")
+        self.ledger = ledger
+        ray.get(ledger.loaded.remote(self.key, self.node, job.sha256))
+        self.batches = 0
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        names = [str(n) for n in batch["path"]]
+        key = f"{self.key}#{self.batches}"
+        self.batches += 1
+        ray.get(self.ledger.begin.remote(key, names))  # before the work: a crash from here on names them
+        records = self.worker.classify(names)
+        ray.get(self.ledger.end.remote(key))
+        return {"path": names, "record": records, "node": [self.node] * len(names)}
+
+
+def start_cluster(address: str | None, cpus: int | None, runtime_env: dict | None = None) -> dict[str, Any]:
+    """Connect to ``address``, or start a private local cluster in a temp folder of its own."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                                  runtime_env=runtime_env)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cpus, _temp_dir=tempfile.mkdtemp(prefix="googlenet-ray-"), **kwargs)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU", 0)}
+
+
+def actor_cpus(cluster_cpus: float, max_actors: int, threads: int) -> float:
+    """Each actor's CPU request: its threads, but less than its share of the cluster."""
+    share = cluster_cpus / max_actors
+    return round(min(float(threads), share * CPU_HEADROOM), 2)
+
+
+def run_pass(names: list[str], job: Job, model_ref, ledger, *, actors: tuple[int, int], cpus: float,
+             max_crash_retries: int, batch_size: int) -> Iterator[tuple[str, str, str]]:
+    """(path, record, node) for ``names``, as blocks finish; raises when the pass fails."""
+    # Enough blocks for every actor to have work, and for a crash to take little with it.
+    blocks = min(len(names), max(4 * actors[1], -(-len(names) // batch_size)))
+    ds = ray.data.from_items([{"path": n} for n in names], override_num_blocks=blocks)
+    with warnings.catch_warnings():  # max_restarts has no other spelling in Ray 2.60 (pinned)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            ClassifyActor, batch_size=batch_size, batch_format="numpy", zero_copy_batch=False,
+            fn_constructor_kwargs={"job_json": job.to_json(), "model_ref": [model_ref], "ledger": ledger},
+            compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus,
+            max_restarts=max_crash_retries, max_task_retries=max_crash_retries,
+        )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from zip(map(str, batch["path"]), map(str, batch["record"]), map(str, batch["node"]))
+
+
+def new_ledger():
+    """A ledger on the driver's own node: a worker node's death must not take it along."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return Ledger.options(scheduling_strategy=here).remote()
+
+
+def ledger_report(ledger) -> dict[str, Any]:
+    """What the ledger knows; nothing, if it is gone too (then every unanswered input is suspect)."""
+    try:
+        return ray.get(ledger.report.remote(), timeout=30)
+    except ray.exceptions.RayError:
+        return {"in_hand": [], "verified": {}, "workers": []}
+
+
+def put_model(data: bytes):
+    return ray.put(data)
+
+
+def shutdown() -> None:
+    ray.shutdown()
