@@ -161,10 +161,11 @@ def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path |
         job = Job(f"{args.bundle}:{chosen.path.relative_to(opened.root)}", sha256_bytes(data), chosen.spec.to_json(),
                   **{**common, "provider": provider, "options": options_for(provider)})
         return job, data, wheel
-    from runtimes.spec import require_model
+    from runtimes.spec import ModelSpec, require_model
 
     data = require_model(args.model).read_bytes()
-    return Job(str(args.model), sha256_bytes(data), None, **common), data, None
+    spec = ModelSpec.from_onnx(args.model).to_json()  # for a decode stage, which loads no model
+    return Job(str(args.model), sha256_bytes(data), spec, **common), data, None
 
 
 def rescue(names: list[str], job: Job, model_file: Path) -> Iterator[tuple[str, str, bool]]:
@@ -261,7 +262,8 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
             try:
                 for name, record, node in batch_ray.run_pass(
                         pending, job, model_ref, ledger, actors=actors, cpus=cpus,
-                        max_crash_retries=args.max_crash_retries, batch_size=args.batch_size):
+                        max_crash_retries=args.max_crash_retries, batch_size=args.batch_size,
+                        split_decode=args.split_decode):
                     if name in answered:
                         duplicates += 1
                         continue
@@ -326,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topk", type=positive_int, default=5, help="classes kept per image (default: 5)")
     parser.add_argument("--exact", action="store_true", help="PIL-identical preprocessing for every image")
     add_max_pixels(parser)
+    parser.add_argument("--split-decode", action="store_true",
+                        help="decode in a stage of its own, before the actors: pays where decoding is the bottleneck "
+                             "and the actors are GPUs, or photos are large and nodes many; costs the tensors' memory")
     parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
     parser.add_argument("--mode", choices=("create", "overwrite"), default="create",
                         help="create refuses an existing OUTPUT (default); overwrite replaces it whole")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtimes.atomic import write_bytes
+from runtimes.bundle import sha256_file
 from runtimes.errors import BundleError, ImageError
 
 
@@ -63,10 +64,12 @@ class Worker:
             raise BundleError(f"model {job.model_name} refused on {where}: its sha256 is {got[:12]}..., "
                               f"the job's is {job.sha256[:12]}...; the file changed or did not arrive whole")
         self.job = job
-        folder = tempfile.mkdtemp(prefix="googlenet-batch-")
-        self.model_path = Path(folder) / "model.onnx"
-        self.model_path.write_bytes(model_bytes)
-        spec = ModelSpec.from_json(job.spec_json, "bundle.json") if job.spec_json else None
+        # One copy per model per machine, whichever actors or rescue processes need it, named by
+        # its sha256 and written atomically: an actor killed mid-write leaves no half model behind.
+        self.model_path = Path(tempfile.gettempdir()) / "googlenet-batch-models" / f"{got}.onnx"
+        if not self.model_path.is_file() or sha256_file(self.model_path) != got:
+            write_bytes(self.model_path, model_bytes)
+        spec = ModelSpec.from_json(job.spec_json, "the job") if job.spec_json else None
         self.classifier = Classifier(self.model_path, job.provider, batch_size=job.batch_size, spec=spec,
                                      exact=job.exact, workers=job.workers, max_pixels=job.max_pixels, **job.options)
 
@@ -77,14 +80,11 @@ class Worker:
         items: list[Any] = []
         unread: dict[int, str] = {}
         for i, name in enumerate(names):
-            if "://" in name:
-                try:
-                    items.append(read_input(name))
-                except ImageError as exc:
-                    unread[i] = str(exc)
-                    items.append(b"")
-            else:
-                items.append(name)  # the classifier reads it, with runtimes.run's own error text
+            try:  # a local path goes as it is: the classifier reads it, with runtimes.run's own error text
+                items.append(read_input(name) if "://" in name else name)
+            except ImageError as exc:
+                unread[i] = str(exc)
+                items.append(b"")
         records = []
         for i, (name, prediction) in enumerate(zip(names, self.classifier.iter_predict(items, self.job.topk))):
             prediction = dataclasses.replace(prediction, image=name)
@@ -93,10 +93,39 @@ class Worker:
             records.append(json.dumps(prediction.to_dict()))
         return records
 
+    def classify_prepared(self, loaded: list[tuple[str, Any, str | None]]) -> list[str]:
+        """The lines for inputs ``decode`` prepared, here or in a decode stage of their own."""
+        records = []
+        for start in range(0, len(loaded), self.job.batch_size):
+            piece = loaded[start : start + self.job.batch_size]
+            records += [json.dumps(p.to_dict()) for p in self.classifier.predict_prepared(piece, self.job.topk)]
+        return records
+
     def close(self) -> None:
         self.classifier.close()
-        self.model_path.unlink(missing_ok=True)
-        os.rmdir(self.model_path.parent)
+
+
+def decode(job: Job, spec, names: list[str]) -> list[tuple[str, Any, str | None]]:
+    """(name, CHW tensor or error message, mode) for each input, as ``runtimes.run`` prepares it."""
+    from deploy.batch_inputs import read_input
+    from runtimes.classifier import load_input
+
+    loaded = []
+    for name in names:
+        try:
+            item = read_input(name) if "://" in name else name  # a local path: runtimes.run's own read and error text
+        except ImageError as exc:
+            loaded.append((name, str(exc), None))
+            continue
+        loaded.append(load_input(item, name, spec, exact=job.exact, max_pixels=job.max_pixels))
+    return loaded
+
+
+def spec_of(job: Job):
+    """The job's spec, for a decode stage that loads no model."""
+    from runtimes.spec import ModelSpec
+
+    return ModelSpec.from_json(job.spec_json, "the job")
 
 
 def columns(record: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -27,10 +28,14 @@ from typing import Any
 import ray
 from ray.data import ActorPoolStrategy
 
-from deploy.batch_classify import Job, Worker
+from deploy.batch_classify import Job, Worker, decode, spec_of
 
 # The share of a CPU each actor leaves free for Ray Data's scheduling and block tasks.
 CPU_HEADROOM = 0.9
+# A decode stage's CPUs: other than any actor's, so that Ray Data does not fuse it into the
+# actors (it fuses a task stage whose resources match), which would undo the split.
+DECODE_CPUS = 0.45
+_private: list[str] = []  # the temp folder of the private cluster this process started
 
 
 @ray.remote(num_cpus=0)
@@ -74,7 +79,12 @@ class ClassifyActor:
         key = f"{self.key}#{self.batches}"
         self.batches += 1
         ray.get(self.ledger.begin.remote(key, names))  # before the work: a crash from here on names them
-        records = self.worker.classify(names)
+        if "tensor" in batch:  # decoded by the decode stage
+            loaded = [(n, t if not e else str(e), str(m) or None)
+                      for n, t, e, m in zip(names, batch["tensor"], batch["error"], batch["mode"])]
+            records = self.worker.classify_prepared(loaded)
+        else:
+            records = self.worker.classify(names)
         ray.get(self.ledger.end.remote(key))
         return {"path": names, "record": records, "node": [self.node] * len(names)}
 
@@ -91,9 +101,26 @@ def start_cluster(address: str | None, cpus: int | None, runtime_env: dict | Non
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cpus, _temp_dir=tempfile.mkdtemp(prefix="googlenet-ray-"), **kwargs)
+        _private.append(tempfile.mkdtemp(prefix="googlenet-ray-"))
+        ray.init(num_cpus=cpus, _temp_dir=_private[-1], **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU", 0)}
+
+
+def decode_batch(batch: dict[str, Any], job_json: str) -> dict[str, Any]:
+    """The decode stage: each input's CHW float32 tensor (zeros where it failed), error and mode."""
+    import numpy as np
+
+    job = Job.from_json(job_json)
+    spec = spec_of(job)
+    loaded = decode(job, spec, [str(n) for n in batch["path"]])
+    shape = (3, spec.crop_size, spec.crop_size)
+    return {
+        "path": [name for name, _, _ in loaded],
+        "tensor": np.stack([t if not isinstance(t, str) else np.zeros(shape, np.float32) for _, t, _ in loaded]),
+        "error": [t if isinstance(t, str) else "" for _, t, _ in loaded],
+        "mode": [m or "" for _, _, m in loaded],
+    }
 
 
 def actor_cpus(cluster_cpus: float, max_actors: int, threads: int) -> float:
@@ -103,11 +130,15 @@ def actor_cpus(cluster_cpus: float, max_actors: int, threads: int) -> float:
 
 
 def run_pass(names: list[str], job: Job, model_ref, ledger, *, actors: tuple[int, int], cpus: float,
-             max_crash_retries: int, batch_size: int) -> Iterator[tuple[str, str, str]]:
+             max_crash_retries: int, batch_size: int, split_decode: bool = False) -> Iterator[tuple[str, str, str]]:
     """(path, record, node) for ``names``, as blocks finish; raises when the pass fails."""
     # Enough blocks for every actor to have work, and for a crash to take little with it.
     blocks = min(len(names), max(4 * actors[1], -(-len(names) // batch_size)))
     ds = ray.data.from_items([{"path": n} for n in names], override_num_blocks=blocks)
+    if split_decode:
+        ds = ds.map_batches(decode_batch, fn_kwargs={"job_json": job.to_json()}, batch_size=batch_size,
+                            batch_format="numpy", zero_copy_batch=False, num_cpus=DECODE_CPUS,
+                            max_retries=max_crash_retries)
     with warnings.catch_warnings():  # max_restarts has no other spelling in Ray 2.60 (pinned)
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(
@@ -141,4 +172,7 @@ def put_model(data: bytes):
 
 
 def shutdown() -> None:
+    """Disconnect; a private cluster stops, and its temp folder (sessions, logs, sockets) goes."""
     ray.shutdown()
+    while _private:
+        shutil.rmtree(_private.pop(), ignore_errors=True)

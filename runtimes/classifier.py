@@ -180,11 +180,13 @@ class Classifier:
             while pending:
                 loaded = [pending.popleft().result() for _ in range(min(self.batch_size, len(pending)))]
                 refill()  # the workers prepare the next batches while this one is inferred
-                yield from self._predict_batch(loaded, k)
+                yield from self.predict_prepared(loaded, k)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _predict_batch(self, loaded: list[tuple[str, np.ndarray | str, str | None]], k: int) -> list[Prediction]:
+    def predict_prepared(self, loaded: list[tuple[str, np.ndarray | str, str | None]], k: int) -> list[Prediction]:
+        """Predictions for images already preprocessed elsewhere (``load_input``'s results: (name,
+        CHW tensor or error, mode)), in one inference call; ``k`` classes each."""
         tensors = {i: t for i, (_, t, _) in enumerate(loaded) if not isinstance(t, str)}
         rows = {}
         if tensors:
@@ -200,16 +202,8 @@ class Classifier:
 
     def _load(self, item: ImageInput, index: int, frame_order: str) -> tuple[str, np.ndarray | str, str | None]:
         """(name, preprocessed CHW tensor, mode) or (name, error message, None); runs in a worker."""
-        name = _name(item, index)
-        try:
-            if isinstance(item, np.ndarray):
-                rgb = preprocess.frame_to_rgb(item, frame_order, name)
-                return name, preprocess.prepare(rgb, self.spec), preprocess.EXACT
-            data = item if isinstance(item, _BYTES) else _read(item, name)
-            tensor, mode = preprocess.load_with_mode(data, self.spec, name, fast=not self.exact, max_pixels=self.max_pixels)
-            return name, tensor, mode
-        except ImageError as exc:
-            return name, str(exc).removeprefix(f"{name}: "), None  # the Prediction names the image already
+        return load_input(item, _name(item, index), self.spec, exact=self.exact, max_pixels=self.max_pixels,
+                          frame_order=frame_order)
 
     def close(self) -> None:
         """Release the runtime session."""
@@ -220,6 +214,20 @@ class Classifier:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def load_input(item: ImageInput, name: str, spec: ModelSpec, *, exact: bool = False, max_pixels: int | None = None,
+               frame_order: str = "BGR") -> tuple[str, np.ndarray | str, str | None]:
+    """One input preprocessed for ``spec``: (name, CHW tensor, mode), or (name, error message, None)."""
+    try:
+        if isinstance(item, np.ndarray):
+            rgb = preprocess.frame_to_rgb(item, frame_order, name)
+            return name, preprocess.prepare(rgb, spec), preprocess.EXACT
+        data = item if isinstance(item, _BYTES) else _read(item, name)
+        tensor, mode = preprocess.load_with_mode(data, spec, name, fast=not exact, max_pixels=max_pixels)
+        return name, tensor, mode
+    except ImageError as exc:
+        return name, str(exc).removeprefix(f"{name}: "), None  # the Prediction names the image already
 
 
 def _name(item: object, index: int) -> str:
