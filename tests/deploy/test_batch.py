@@ -131,7 +131,7 @@ def test_a_rerun_is_refused_and_overwrite_replaces_the_whole_output(first_run, c
     import pyarrow.parquet as pq
 
     proc = _batch(str(inputs), str(out), "--model", str(demo_export.path), "--address", cluster,
-                  "--mode", "overwrite", "--format", "parquet", "--actors", "2")
+                  "--mode", "overwrite", "--format", "parquet", "--actors", "2", "--split-decode")
     assert proc.returncode == 1, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["_manifest.json", "part-00000.parquet"]  # nothing of the jsonl run is left
