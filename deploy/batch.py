@@ -236,6 +236,8 @@ def run(args) -> int:
         }
         write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         replace_dir(staging, out)
+    for name in crashed:
+        print(f"{name}: crashed the process classifying it (an error row says so)", file=sys.stderr)
     print(f"{len(names)} inputs, {writer.rows} rows in {out} ({writer.errors} errors, {len(crashed)} crashed a worker) "
           f"in {manifest['wall_s']:.1f} s; rows by node: "
           + ", ".join(f"{k[:12]} {v}" for k, v in per_node.items()), file=sys.stderr)
@@ -247,11 +249,26 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
     from deploy import batch_ray
 
     runtime_env = {"py_modules": [str(wheel)]} if wheel and args.address and not args.no_runtime_env else None
+    if not args.address:  # the private cluster is this machine: a runtime it lacks is a one-line error now
+        from runtimes.adapters import unavailable_error, unavailable_reason
+
+        reason = unavailable_reason(job.provider)
+        if reason is not None:
+            raise unavailable_error(job.provider, reason)
+    _check_reachable(args.address)
     began = time.perf_counter()
-    cluster = batch_ray.start_cluster(args.address, args.cpus, runtime_env)
+    try:
+        cluster = batch_ray.start_cluster(args.address, args.cpus, runtime_env)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ToolkitError(f"cannot start or reach the Ray cluster{' at ' + args.address if args.address else ''}: "
+                           f"{first_line(exc)}") from None
     startup = time.perf_counter() - began
     actors = args.actors or (1, max(1, int(cluster["cpus"] // max(1, args.threads or 1))))
-    cpus = batch_ray.actor_cpus(cluster["cpus"], actors[1], args.threads or 1)
+    try:
+        cpus = batch_ray.actor_cpus(cluster, actors[1], args.threads or 1, args.split_decode)
+    except ToolkitError:
+        batch_ray.shutdown()
+        raise
     progress = Progress(len(names), sys.stderr, quiet_up_to=args.batch_size)
     failures, duplicates, verified, workers = [], 0, {}, []
     try:
@@ -276,7 +293,10 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
                 refused = _model_refused(exc)
                 if refused:
                     raise JobFailed(refused) from None
-                lost = [n for n in batch_ray.ledger_report(ledger)["in_hand"] if n not in answered]
+                report = batch_ray.ledger_report(ledger)
+                if not report["workers"] and not answered:
+                    raise JobFailed(f"no actor could start: {_last_error_line(exc)}") from None
+                lost = [n for n in report["in_hand"] if n not in answered]
                 failures.append(f"{type(exc).__name__}: {first_line(exc)[:300]}")
                 suspects += lost
                 held = set(suspects)
@@ -294,12 +314,32 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
             "actor_processes": workers}
 
 
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT that refuses connections is one line now (Ray itself retries for minutes)."""
+    import re
+    import socket
+
+    found = re.fullmatch(r"(?:ray://)?([\w.-]+):(\d+)", address or "")
+    if found:
+        try:
+            socket.create_connection((found.group(1), int(found.group(2))), timeout=10).close()
+        except OSError as exc:
+            raise ToolkitError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
+                               "start one (`ray start --head`) or leave --address out for a private one") from None
+
+
 def _model_refused(exc: BaseException) -> str | None:
     """The worker's own line when the model was refused (its sha256), wherever Ray wrapped it."""
     for line in str(exc).splitlines():
         if "refused on " in line and "sha256" in line:
             return line.strip().split("BundleError: ", 1)[-1]
     return None
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """The innermost error Ray's wrapped message carries, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if "Error" in line and ": " in line]
+    return (lines[-1] if lines else first_line(exc))[:500]
 
 
 def _versions() -> dict[str, str]:

@@ -104,7 +104,9 @@ def start_cluster(address: str | None, cpus: int | None, runtime_env: dict | Non
         _private.append(tempfile.mkdtemp(prefix="googlenet-ray-"))
         ray.init(num_cpus=cpus, _temp_dir=_private[-1], **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    return {"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU", 0)}
+    node_cpus = [n.get("Resources", {}).get("CPU", 0) for n in nodes]
+    return {"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU", 0),
+            "min_node_cpus": min((c for c in node_cpus if c > 0), default=0)}
 
 
 def decode_batch(batch: dict[str, Any], job_json: str) -> dict[str, Any]:
@@ -123,10 +125,19 @@ def decode_batch(batch: dict[str, Any], job_json: str) -> dict[str, Any]:
     }
 
 
-def actor_cpus(cluster_cpus: float, max_actors: int, threads: int) -> float:
-    """Each actor's CPU request: its threads, but less than its share of the cluster."""
-    share = cluster_cpus / max_actors
-    return round(min(float(threads), share * CPU_HEADROOM), 2)
+def actor_cpus(cluster: dict[str, Any], max_actors: int, threads: int, split_decode: bool = False) -> float:
+    """Each actor's CPU request: its threads, but less than its share of a node, so that Ray
+    Data's own tasks (and a decode stage's) always find a CPU; a ToolkitError where no share fits."""
+    from runtimes.errors import ToolkitError
+
+    nodes = max(1, cluster["nodes"])
+    per_node = -(-max_actors // nodes)  # actors on the busiest node
+    room = cluster["min_node_cpus"] - (DECODE_CPUS if split_decode else 0.0)
+    cpus = round(min(float(threads), room / per_node * CPU_HEADROOM), 2)
+    if cpus < 0.1:
+        raise ToolkitError(f"{max_actors} actors on nodes of {cluster['min_node_cpus']:g} CPUs leave no CPU for "
+                           f"{'the decode stage and ' if split_decode else ''}Ray Data's own tasks: fewer --actors")
+    return cpus
 
 
 def run_pass(names: list[str], job: Job, model_ref, ledger, *, actors: tuple[int, int], cpus: float,

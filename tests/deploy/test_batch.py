@@ -162,7 +162,7 @@ def _actor_pids() -> set[int]:
 
 def test_an_actor_killed_mid_run_loses_and_repeats_nothing(cluster, demo_export, tmp_path):
     folder = tmp_path / "many"
-    for k in range(8):
+    for k in range(16):  # 288 images: seconds of work left when both actors are up
         shutil.copytree(IMAGES_DIR, folder / f"copy{k}")
     count = len(list(folder.rglob("*.jpg")))
     out = tmp_path / "out"
@@ -173,7 +173,7 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(cluster, demo_export,
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         pids = _actor_pids()
         if len(pids) == 2:
-            time.sleep(1.5)  # both have begun work
+            time.sleep(1.0)  # both have begun work
             killed = min(pids)
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
@@ -248,3 +248,20 @@ def test_inputs_from_a_folder_a_glob_a_manifest_and_a_uri_prefix(inputs, tmp_pat
     assert [u.removeprefix("file://") for u in from_uri] == from_folder
     with pytest.raises(ToolkitError, match="not found"):
         list_inputs(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--provider", "cuda"], "requested provider 'cuda'"),
+    (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["--actors", "3:2"], "need 1 <= MIN <= MAX"),
+], ids=["provider-missing-here", "address-refused", "actors"])
+def test_a_mistake_is_one_line_before_any_cluster_starts(demo_export, inputs, tmp_path, flags, says):
+    from runtimes.adapters import unavailable_reason
+
+    if flags[0] == "--provider" and unavailable_reason("cuda") is None:
+        pytest.skip("cuda runs here: nothing is missing")
+    started = time.monotonic()
+    proc = _batch(str(inputs), str(tmp_path / "out"), "--model", str(demo_export.path), *flags, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len([l for l in proc.stderr.splitlines() if l.startswith("error:") or "error:" in l]) == 1
+    assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
