@@ -14,7 +14,7 @@ What a Raspberry Pi would do with the bundle, on this x86_64 machine:
    the int8 model verified again, the doctor, and the fp32 model on OpenVINO, whose own default
    on this fp16-capable core is f16 (the adapter pins f32).
 It prints the emulated CPUs, the wheel set and the time of each step, and exits 1 on the first
-failure, with one line saying which. Speed under emulation means nothing (~1,000x slower).
+failure, with one line saying which. Speed under emulation means nothing (hundreds of times slower).
 """
 
 from __future__ import annotations
