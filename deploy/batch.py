@@ -183,8 +183,9 @@ def rescue(names: list[str], job: Job, model_file: Path) -> Iterator[tuple[str, 
             proc.kill()
             out, err = proc.communicate()
         lines = out.splitlines()
-        if not lines or lines[0] != "ready":
-            raise JobFailed(f"the rescue process could not start: {first_line(err.strip().splitlines()[-1] if err.strip() else 'no output')}")
+        if not lines or lines[0] != "ready":  # it never loaded the model: no input is to blame
+            said = err.strip().splitlines()[-1] if err.strip() else "no output"
+            raise JobFailed(f"the rescue process (on this machine, with provider {job.provider}) could not start: {said}")
         records = lines[1:]
         for name, record in zip(queue, records):
             yield name, record, False
