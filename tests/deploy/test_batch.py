@@ -33,20 +33,34 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [POISON_PATH, os.environ.get("PYTHONPATH")]))}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head and a worker node, one CPU each, their processes started with the poison hook."""
+def _with_poison_hook(start):
+    """Run ``start`` with the poison hook on PYTHONPATH: the Ray processes it starts inherit it."""
     saved = dict(os.environ)
     os.environ.update(_env())
     try:
-        cluster = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
+        return start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    yield cluster.address
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head and a worker node, one CPU each, their processes started with the poison hook."""
+    def start():
+        cluster = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        return cluster
+
+    cluster = _with_poison_hook(start)
+    yield cluster
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster) -> str:
+    return ray_cluster.address
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +279,35 @@ def test_a_mistake_is_one_line_before_any_cluster_starts(demo_export, inputs, tm
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     assert len([l for l in proc.stderr.splitlines() if l.startswith("error:") or "error:" in l]) == 1
     assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
+
+
+def test_a_node_that_dies_mid_run_loses_nothing(ray_cluster, demo_export, tmp_path):
+    """A third node joins, takes work, and is killed (raylet and workers) while the job runs."""
+    node = _with_poison_hook(lambda: ray_cluster.add_node(num_cpus=1))
+    ray_cluster.wait_for_nodes()
+    folder = tmp_path / "many"
+    for k in range(16):
+        shutil.copytree(IMAGES_DIR, folder / f"copy{k}")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.batch", str(folder), str(out), "--model",
+                             str(demo_export.path), "--address", ray_cluster.address, "--actors", "3", "--batch-size", "4",
+                             "--max-crash-retries", "0"],  # no retry by Ray: the job's own recovery must do it
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, removed = time.monotonic() + 120, False
+    while not removed and time.monotonic() < deadline and proc.poll() is None:
+        if len(_actor_pids()) == 3:
+            time.sleep(1.0)  # all three have begun work
+            ray_cluster.remove_node(node, allow_graceful=False)
+            removed = True
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=300)
+    assert removed, f"the run ended before all three actors were up: {stderr}"
+    assert proc.returncode == 0, stderr
+    import pyarrow.parquet as pq
+
+    paths = [r["path"] for part in sorted(out.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()]
+    assert len(paths) == len(set(paths)) == 288
+    manifest = _manifest(out)
+    assert manifest["duplicates_dropped"] == 0 and manifest["errors"] == 0
+    assert manifest["rows_by_node"].get(node.node_id, 0) > 0, manifest["rows_by_node"]  # the dead node had done work
+    assert manifest["ray_failures"] and manifest["rescued"]  # its inputs in hand were named and answered
