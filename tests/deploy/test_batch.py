@@ -310,4 +310,7 @@ def test_a_node_that_dies_mid_run_loses_nothing(ray_cluster, demo_export, tmp_pa
     manifest = _manifest(out)
     assert manifest["duplicates_dropped"] == 0 and manifest["errors"] == 0
     assert manifest["rows_by_node"].get(node.node_id, 0) > 0, manifest["rows_by_node"]  # the dead node had done work
-    assert manifest["ray_failures"] and manifest["rescued"]  # its inputs in hand were named and answered
+    # The pass failed (no Ray retries), so the job's own recovery answered the rest. Whether the
+    # dead node held a batch at that instant (then rescued one at a time) or was between batches
+    # (then its block ran again in the next pass) depends on timing: both were seen.
+    assert manifest["ray_failures"]
