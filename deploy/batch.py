@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.batch_classify import Job, columns, sha256_bytes
+from deploy.batch_classify import Job, cached_model, columns, sha256_bytes
 from deploy.batch_inputs import list_inputs
 from runtimes.atomic import replace_dir, write_text
 from runtimes.cli import EXIT_FAILED, EXIT_PARITY_FAILED, add_max_pixels, positive_int, run_cli
@@ -81,14 +81,15 @@ class PartWriter:
         self.folder, self.fmt = folder, fmt
         self.parts: list[str] = []
         self.rows = self.errors = 0
-        self._buffer: list[str] = []
+        self._buffer: list[tuple[str, dict]] = []  # each record and its parse
         self._part_rows = 0
         self._file = None
 
     def add(self, record: str) -> None:
-        self._buffer.append(record)
+        data = json.loads(record)
+        self._buffer.append((record, data))
         self.rows += 1
-        self.errors += json.loads(record).get("error") is not None
+        self.errors += data.get("error") is not None
         if len(self._buffer) >= 1000:
             self.flush()
 
@@ -117,13 +118,13 @@ class PartWriter:
 
             self._file = pq.ParquetWriter(self.folder / name, _schema())
 
-    def _write(self, records: list[str]) -> None:
+    def _write(self, records: list[tuple[str, dict]]) -> None:
         if self.fmt == "jsonl":
-            self._file.write("".join(r + "\n" for r in records))
+            self._file.write("".join(line + "\n" for line, _ in records))
             return
         import pyarrow as pa
 
-        rows = [columns(r) for r in records]
+        rows = [columns(data) for _, data in records]
         self._file.write_table(pa.Table.from_pylist(rows, schema=_schema()))
 
     def _close_part(self) -> None:
@@ -168,7 +169,7 @@ def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path |
     return Job(str(args.model), sha256_bytes(data), spec, **common), data, None
 
 
-def rescue(names: list[str], job: Job, model_file: Path) -> Iterator[tuple[str, str, bool]]:
+def rescue(names: list[str], job: Job, model_file: Path | None) -> Iterator[tuple[str, str, bool]]:
     """(name, record, crashed) for each of ``names``, classified one at a time in a child
     process; an input the child dies on gets an error record, and a new child goes on."""
     queue = list(names)
@@ -211,14 +212,13 @@ def run(args) -> int:
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
         staging.chmod(0o755)  # mkdtemp makes 0700; the output is meant to be read by others
         stack.callback(shutil.rmtree, staging, ignore_errors=True)  # gone once renamed into place
-        model_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="googlenet-batch-"))) / "model.onnx"
-        model_file.write_bytes(model_bytes)
         writer = PartWriter(staging, args.format)
         answered: set[str] = set()
         per_node: Counter[str] = Counter()
         summary = _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node)
         missing = [n for n in names if n not in answered]
         crashed = []
+        model_file = cached_model(model_bytes, job.sha256) if missing else None  # for the rescue process
         for name, record, died in rescue(missing, job, model_file):
             answered.add(name)
             writer.add(record)
@@ -276,7 +276,7 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
         model_ref = batch_ray.put_model(model_bytes)
         pending, suspects = list(names), []
         for _ in range(PASSES):
-            ledger = batch_ray.new_ledger()
+            ledger, failed = batch_ray.new_ledger(), None
             try:
                 for name, record, node in batch_ray.run_pass(
                         pending, job, model_ref, ledger, actors=actors, cpus=cpus,
@@ -289,22 +289,22 @@ def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node
                     writer.add(record)
                     per_node[node] += 1
                     progress.advance()
-                pending = []
             except Exception as exc:  # a Ray pass failed: find what the dead took with them
                 refused = _model_refused(exc)
                 if refused:
                     raise JobFailed(refused) from None
-                report = batch_ray.ledger_report(ledger)
-                if not report["workers"] and not answered:
-                    raise JobFailed(f"no actor could start: {_last_error_line(exc)}") from None
-                lost = [n for n in report["in_hand"] if n not in answered]
-                failures.append(f"{type(exc).__name__}: {first_line(exc)[:300]}")
-                suspects += lost
-                held = set(suspects)
-                pending = [n for n in pending if n not in answered and n not in held]
+                failed = exc
             report = batch_ray.ledger_report(ledger)
             verified.update(report["verified"])
             workers += report["workers"]
+            if failed is None:
+                break
+            if not report["workers"] and not answered:
+                raise JobFailed(f"no actor could start: {_last_error_line(failed)}")
+            failures.append(f"{type(failed).__name__}: {first_line(failed)[:300]}")
+            suspects += [n for n in report["in_hand"] if n not in answered]
+            held = set(suspects)
+            pending = [n for n in pending if n not in answered and n not in held]
             if not pending:
                 break
     finally:

@@ -52,24 +52,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cached_model(data: bytes, sha256: str) -> Path:
+    """The model's one copy on this machine, shared by its actors and rescue processes: named
+    by its sha256, checked before reuse, written atomically (a process killed mid-write leaves
+    no half model behind)."""
+    path = Path(tempfile.gettempdir()) / "googlenet-batch-models" / f"{sha256}.onnx"
+    if not path.is_file() or sha256_file(path) != sha256:
+        write_bytes(path, data)
+    return path
+
+
 class Worker:
     """The job's model, loaded from ``model_bytes`` once they hash to ``job.sha256``."""
 
     def __init__(self, job: Job, model_bytes: bytes, where: str = "this worker") -> None:
         from runtimes.classifier import Classifier
-        from runtimes.spec import ModelSpec
 
         got = sha256_bytes(model_bytes)
         if got != job.sha256:
             raise BundleError(f"model {job.model_name} refused on {where}: its sha256 is {got[:12]}..., "
                               f"the job's is {job.sha256[:12]}...; the file changed or did not arrive whole")
         self.job = job
-        # One copy per model per machine, whichever actors or rescue processes need it, named by
-        # its sha256 and written atomically: an actor killed mid-write leaves no half model behind.
-        self.model_path = Path(tempfile.gettempdir()) / "googlenet-batch-models" / f"{got}.onnx"
-        if not self.model_path.is_file() or sha256_file(self.model_path) != got:
-            write_bytes(self.model_path, model_bytes)
-        spec = ModelSpec.from_json(job.spec_json, "the job") if job.spec_json else None
+        self.model_path = cached_model(model_bytes, got)
+        spec = spec_of(job) if job.spec_json else None
         self.classifier = Classifier(self.model_path, job.provider, batch_size=job.batch_size, spec=spec,
                                      exact=job.exact, workers=job.workers, max_pixels=job.max_pixels, **job.options)
 
@@ -128,9 +133,8 @@ def spec_of(job: Job):
     return ModelSpec.from_json(job.spec_json, "the job")
 
 
-def columns(record: str) -> dict[str, Any]:
-    """The table row of one record: path, label, labels, probs, class_index, error, preprocess."""
-    data = json.loads(record)
+def columns(data: dict[str, Any]) -> dict[str, Any]:
+    """The table row of one parsed record: path, label, labels, probs, class_index, error, preprocess."""
     topk = data.get("topk") or []
     return {
         "path": data["image"],

@@ -106,7 +106,10 @@ def precision_report() -> list[str]:
     info = cpu_info()
     flags = set(info["flags"])
     arm = "asimd" in flags or platform.machine().lower() in ("aarch64", "arm64")
-    lines = _arm_cpu_lines(info, flags) if arm else _x86_cpu_lines(info, flags)
+    features, int8 = _arm_cpu(flags) if arm else _x86_cpu(info["flags"])
+    lines = [f"CPU: {info['model']}, {info['physical_cores']} cores; {features}",
+             f"cpu       fp32; int8 (QDQ): {int8}; fp16 variants run; whether faster depends on the CPU "
+             "(runtimes.bench --precisions fp32,fp16)"]
     bf16 = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
     try:
         import openvino as ov
@@ -122,13 +125,12 @@ def precision_report() -> list[str]:
     return lines
 
 
-def _x86_cpu_lines(info: dict, flags: set[str]) -> list[str]:
-    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    int8 = (f"int8 (QDQ): fast, {'/'.join(vnni)}" if vnni else
-            "int8 (QDQ): runs, but without VNNI uint8 x int8 products can saturate: check accuracy with runtimes.evaluate")
-    return [f"CPU: {info['model']}, {info['physical_cores']} cores; {', '.join(info['flags']) or 'no AVX flags'}",
-            f"cpu       fp32; {int8}; fp16 variants run; whether faster depends on the CPU "
-            "(runtimes.bench --precisions fp32,fp16)"]
+def _x86_cpu(flags: list[str]) -> tuple[str, str]:
+    """(the CPU's inference flags, int8 advice) for an x86 CPU."""
+    vnni = sorted(set(flags) & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    int8 = (f"fast, {'/'.join(vnni)}" if vnni else
+            "runs, but without VNNI uint8 x int8 products can saturate: check accuracy with runtimes.evaluate")
+    return ", ".join(flags) or "no AVX flags", int8
 
 
 # aarch64 feature -> the name its users know it by.
@@ -136,23 +138,18 @@ ARM_FEATURES = {"asimd": "NEON", "asimdhp": "fp16 arithmetic", "asimddp": "dotpr
                 "sve": "SVE", "sve2": "SVE2"}
 
 
-def _arm_cpu_lines(info: dict, flags: set[str]) -> list[str]:
-    """An aarch64 CPU: NEON, dotprod and i8mm named whether present or not, as x86's AVX-512 and
-    AMX are; int8 advice from ONNX Runtime's arm64 kernels, which use SDOT/UDOT where dotprod
-    is, and SMMLA where i8mm is (Cortex-A76 and A78 have dotprod; a Pi 4's A72 has neither)."""
+def _arm_cpu(flags: set[str]) -> tuple[str, str]:
+    """(features, int8 advice) for an aarch64 CPU: NEON, dotprod and i8mm named whether present or
+    not, as x86's AVX-512 and AMX are; the advice from ONNX Runtime's arm64 kernels, which use
+    SDOT/UDOT where dotprod is, and SMMLA where i8mm is (Cortex-A76 and A78 have dotprod; a Pi 4's
+    A72 has neither)."""
     has = [f"{ARM_FEATURES[f]} ({f})" for f in ARM_FEATURES if f in flags]
     lacks = [ARM_FEATURES[f] for f in ("asimd", "asimddp", "i8mm") if f not in flags]
-    features = ", ".join(has) or "no features listed"
-    if "i8mm" in flags or "asimddp" in flags:
-        kernels = " and ".join(name for f, name in (("i8mm", "i8mm"), ("asimddp", "dotprod")) if f in flags)
-        int8 = f"int8 (QDQ): fast, {kernels} kernels"
-    else:
-        int8 = ("int8 (QDQ): runs on plain NEON, without dotprod: less speed-up than on a dotprod core "
-                "(measure with runtimes.tune)")
-    return [f"CPU: {info['model']}, {info['physical_cores']} cores; {features}"
-            + (f"; no {', no '.join(lacks)}" if lacks else ""),
-            f"cpu       fp32; {int8}; fp16 variants run; whether faster depends on the CPU "
-            "(runtimes.bench --precisions fp32,fp16)"]
+    features = (", ".join(has) or "no features listed") + (f"; no {', no '.join(lacks)}" if lacks else "")
+    kernels = " and ".join(name for f, name in (("i8mm", "i8mm"), ("asimddp", "dotprod")) if f in flags)
+    if kernels:
+        return features, f"fast, {kernels} kernels"
+    return features, "runs on plain NEON, without dotprod: less speed-up than on a dotprod core (measure with runtimes.tune)"
 
 
 def model_files(stack: contextlib.ExitStack, model: Path | None, bundle: Path | None) -> list[ModelFile]:

@@ -11,25 +11,15 @@ import pytest
 
 from runtimes import device
 
-PI4 = """processor\t: 0
-BogoMIPS\t: 108.00
+PI4_CORE = """BogoMIPS\t: 108.00
 Features\t: fp asimd evtstrm crc32 cpuid
 CPU implementer\t: 0x41
 CPU architecture: 8
 CPU variant\t: 0x0
 CPU part\t: 0xd08
 CPU revision\t: 3
-
-processor\t: 1
-BogoMIPS\t: 108.00
-Features\t: fp asimd evtstrm crc32 cpuid
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x0
-CPU part\t: 0xd08
-CPU revision\t: 3
-
-Hardware\t: BCM2835
+"""
+PI4 = "".join(f"processor\t: {n}\n{PI4_CORE}\n" for n in range(2)) + """Hardware\t: BCM2835
 Revision\t: d03114
 Serial\t\t: 100000003a2a0b1f
 Model\t\t: Raspberry Pi 4 Model B Rev 1.4
