@@ -41,9 +41,14 @@ def _cpuinfo() -> str:
         return ""
 
 
+def allowed_cores() -> int:
+    """Logical CPUs this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
     """Physical cores this process may use; SMT siblings add little to conv-heavy inference."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = allowed_cores()
     cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", _cpuinfo()))
     return max(1, min(allowed, len(cores) or allowed))
 

@@ -135,10 +135,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.threads = csv_list(args.threads, int)
     except ValueError:
         parser.error("--batch-sizes and --threads take comma-separated integers")
-    for name in ("batch_sizes", "threads"):
+    from runtimes.device import allowed_cores
+    from runtimes.tuned import MAX_BATCH_SIZE, PRECISION_RANK
+
+    for name, most in (("batch_sizes", MAX_BATCH_SIZE), ("threads", allowed_cores())):
         values = getattr(args, name)
-        if values is not None and (not values or min(values) < 1):
-            parser.error(f"argument --{name.replace('_', '-')}: give integers of 1 or more")
+        if values is not None and (not values or min(values) < 1 or max(values) > most):
+            parser.error(f"argument --{name.replace('_', '-')}: give integers from 1 to {most}"
+                         + (" (the cores this process may use)" if name == "threads" else ""))
     if not 0 < args.budget_s < float("inf"):
         parser.error("argument --budget-s: must be a positive number of seconds")
     if args.labelled is not None and not args.max_drop > 0:
@@ -148,7 +152,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_p99_ms is not None and not args.max_p99_ms > 0:
         parser.error("argument --max-p99-ms: must be positive")
     args.providers, args.precisions = csv_list(args.providers), csv_list(args.precisions)
-    from runtimes.tuned import PRECISION_RANK
 
     for name in ("providers", "precisions"):
         if getattr(args, name) == []:

@@ -73,10 +73,12 @@ def verify(
 ) -> int:
     """Run the checks and print them; 0 if every judged check passed, else EXIT_PARITY_FAILED.
 
-    A bundle with a tuned choice that applies here is checked in exactly the configuration
-    ``runtimes.run --bundle`` loads: the first of the choice and its fallbacks that loads,
-    with its options, at its batch size. ``provider`` or ``precision`` check the bundle's
-    models as named instead.
+    A bundle's every model file is checked as the bundle runs it without tuning, each at its
+    own precision's tolerance. A tuned choice that applies here is checked in addition, in
+    exactly the configuration ``runtimes.run --bundle`` loads: the first of the choice and
+    its fallbacks that loads, with its options, at its batch size, at its precision's
+    tolerance. ``provider`` or ``precision`` check the bundle's models as named instead.
+    The final line names every configuration judged.
     """
     import contextlib
 
@@ -96,12 +98,13 @@ def verify(
             reference = Reference.load(opened.reference)
             header = f"bundle {bundle} (made by googlenet-deploy {opened.made_by}, target {opened.target})"
             tuned = usable_tuned(bundle, opened, {**given, "provider": provider, "precision": precision}, notes.append)
+            chosen = [opened.model(precision)] if precision else list(opened.models.values())
+            providers = (provider,) if provider else opened.providers
+            # every model file as the bundle runs it by default, each at its own precision's tolerance;
+            # the tuned configuration in addition, never instead
+            groups = [provider_attempts(m.path, m.spec, providers, given) for m in chosen]
             if tuned is not None:
-                groups = [tuned_attempts(opened, tuned, given)]
-            else:
-                chosen = [opened.model(precision)] if precision else list(opened.models.values())
-                providers = (provider,) if provider else opened.providers
-                groups = [provider_attempts(m.path, m.spec, providers, given) for m in chosen]
+                groups.append(tuned_attempts(opened, tuned, given))
         else:
             spec = ModelSpec.from_onnx(model)
             groups = [provider_attempts(model, spec, (provider or "cpu",), given)]
@@ -124,6 +127,7 @@ def verify(
             failed |= not all(c.passed for c in checks)
             shown = used.model.relative_to(opened.root).as_posix() if bundle is not None else str(used.model)
             results.append({"model": shown, "precision": judged_as, "tolerance": tol, "provider": used.label(),
+                            "tuned": used.configuration is not None, "passed": all(c.passed for c in checks),
                             "runs_on": active, "providers_skipped": skipped, "checks": checks})
             if locate and not all(c.passed for c in checks) and not any("located" in r for r in results):
                 fp32 = opened.model("fp32").path if bundle is not None else _fp32_beside(reference_for(model, spec))
@@ -152,9 +156,19 @@ def verify(
 
                 print(table(r["located"]), file=out)
                 print(r["located"]["line"], file=out)
-        verdict = "FAILED: outside tolerance" if failed else "verified: every model agrees with PyTorch within tolerance"
+        judged = "; ".join(_judged(r) for r in results)
+        verdict = (f"FAILED: outside tolerance (judged: {judged})" if failed
+                   else f"verified: every configuration judged agrees with PyTorch within tolerance ({judged})")
         print(verdict, file=out)
     return EXIT_PARITY_FAILED if failed else 0
+
+
+def _judged(result: dict) -> str:
+    """``openvino int8, batch 1, 2 threads (tuned) at top-1 >= 95%``: one configuration verify checked, and by what rule."""
+    tol = result["tolerance"]
+    rule = f"atol {tol.atol:g}" if tol.elementwise else f"top-1 >= {tol.min_top1:.0%}"
+    what = result["provider"] if result["tuned"] else f"{result['provider']} {result['precision']}"
+    return f"{what}{' (tuned)' if result['tuned'] else ''} at {rule}" + ("" if result["passed"] else ": FAILED")
 
 
 def _fp32_beside(reference: Path) -> Path:

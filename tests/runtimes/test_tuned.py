@@ -191,16 +191,114 @@ def test_a_missing_openvino_falls_back_to_the_next_choice(copy, record):
     _expect_fallback(result, fallback, "openvino")
 
 
+def with_provider(folder: Path, provider: str) -> None:
+    """Add ``provider`` to the bundle's providers, as a bundle for it would list it, and point
+    tuned.json at the changed bundle.json (which no file hash covers)."""
+    path = folder / "bundle.json"
+    manifest = json.loads(path.read_text())
+    manifest["providers"].append(provider)
+    path.write_text(json.dumps(manifest, indent=2))
+    edit_tuned(folder, lambda r: r.update(bundle_json_sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+
+
+def gated(change):
+    """An edit that changes the choice, and gives the file the passing gate record the changed
+    choice would have had: the forgery only a guard other than the gate check can refuse."""
+    def edit(record: dict) -> None:
+        change(record["choice"])
+        entry = next(c for c in record["candidates"] if c["status"] == "chosen")
+        record["candidates"].append({**entry, **record["choice"], "status": "eliminated"})
+    return edit
+
+
 def test_an_unavailable_cuda_choice_falls_back_to_the_first_fallback(copy, record):
-    """A choice on cuda, where cuda cannot load here, gives way to the first fallback."""
+    """A gated choice on cuda, in a bundle that lists cuda, where cuda cannot load here, gives way to
+    the first fallback."""
     from runtimes.adapters import unavailable_reason
 
     if unavailable_reason("cuda") is None:
         pytest.skip("cuda is available here: a cuda choice would load")
     if not record["fallbacks"]:
         pytest.skip("the tuned choice here has no fallbacks")
-    edit_tuned(copy, lambda r: r["choice"].update(provider="cuda", hint=None))
+    with_provider(copy, "cuda")
+    edit_tuned(copy, gated(lambda choice: choice.update(provider="cuda", hint=None, threads=None)))
     _expect_fallback(classify(copy), record["fallbacks"][0], "cuda")
+
+
+def _never_gated(record: dict) -> str:
+    """A batch size no candidate had: a configuration that was never measured or gated."""
+    record["choice"].update(batch_size=3)
+    return "none of its candidates shows passing the gate"
+
+
+def _gate_failed(record: dict) -> str:
+    entry = next(c for c in record["candidates"] if c["status"] == "chosen")
+    entry.update(status="rejected", reason="18 images: top-1 agrees with PyTorch on 50.0%, below 97%")
+    entry["gate"]["passed"] = False
+    return "none of its candidates shows passing the gate"
+
+
+def _fallback_never_gated(record: dict) -> str:
+    record["fallbacks"].append({**record["choice"], "batch_size": 5})
+    return "names a fallback"
+
+
+def _provider_lacked(record: dict) -> str:
+    gated(lambda choice: choice.update(provider="tensorrt", hint=None, threads=None))(record)
+    return "on tensorrt, which is not one of the bundle's providers"
+
+
+def _precision_not_run(record: dict) -> str:
+    gated(lambda choice: choice.update(provider="cpu", precision="bf16", hint=None))(record)
+    return "a precision cpu cannot run here: the bundle holds no bf16 model"
+
+
+def _batch_unbounded(record: dict) -> str:
+    gated(lambda choice: choice.update(batch_size=100000))(record)
+    return "a batch size above the 64 a tuner may try"
+
+
+def _threads_unbounded(record: dict) -> str:
+    gated(lambda choice: choice.update(threads=400))(record)
+    return "more threads than the"
+
+
+FORGERIES = [_never_gated, _gate_failed, _fallback_never_gated, _provider_lacked, _precision_not_run,
+             _batch_unbounded, _threads_unbounded]
+FORGERY_IDS = ["never-gated", "gate-failed", "fallback-never-gated", "provider-lacked", "precision-not-run",
+               "batch-unbounded", "threads-unbounded"]
+
+
+@pytest.mark.parametrize("forge", FORGERIES, ids=FORGERY_IDS)
+def test_a_choice_without_gated_evidence_is_refused(copy, default_stdout, forge):
+    """tuned.json is evidence: a choice or fallback that its own candidates do not show passing the
+    gate, on a provider and precision the bundle runs, within the tuner's bounds, is one warning
+    naming why, and the bundle's default runs as it did without tuned.json."""
+    record = edit_tuned(copy, lambda r: r.update(forged=forge(r)))
+    result = classify(copy)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    warnings = lines(result.stderr, "warning:")
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: {copy / 'tuned.json'} not used: it names"), warnings[0]
+    assert record["forged"] in warnings[0] and "the bundle's default runs" in warnings[0], warnings[0]
+    assert not lines(result.stderr, "tuned:")
+    assert DEFAULT_PROVIDER_LINE in result.stderr.splitlines()
+    assert result.stdout == default_stdout
+
+
+def test_verify_judges_the_defaults_when_the_choice_is_forged(copy):
+    """The issue's forgery: a never-gated choice on OpenVINO's bf16. verify refuses it, judges every
+    model file as the bundle runs it at its own tolerance (fp32 at atol 1e-4, not bf16's 0.4), and
+    names the configurations it judged."""
+    edit_tuned(copy, lambda r: r.update(
+        choice={"provider": "openvino", "precision": "bf16", "batch_size": 2, "threads": 1, "hint": "LATENCY"}))
+    result = run("runtimes.verify", "--bundle", copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert len(lines(out, "warning:")) == 1 and "shows passing the gate" in lines(out, "warning:")[0], out
+    assert not lines(out, "tuned:") and "bf16" not in lines(out, "verified:")[0]
+    verdict = lines(out, "verified:")
+    assert len(verdict) == 1 and verdict[0].endswith("(cpu fp32 at atol 0.0001; cpu int8 at top-1 >= 97%)"), out
 
 
 def test_no_choice_runs_as_before(copy, default_stdout):
@@ -251,22 +349,29 @@ def test_a_tuned_tarball_gets_a_sidecar_and_is_not_rewritten(tune_bundle, tmp_pa
     assert_correct(result.stdout)
 
 
-def test_verify_checks_exactly_the_tuned_configuration(copy, record):
-    """verify --bundle checks the tuned choice alone, on its runtime, and passes."""
+def test_verify_checks_every_model_and_the_tuned_configuration(copy, record):
+    """verify --bundle checks every model file as the bundle runs it by default, each at its own
+    tolerance, then the tuned choice on its runtime in addition; the final line names them all."""
     choice = record["choice"]
     result = run("runtimes.verify", "--bundle", copy)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert len(lines(out, "tuned:")) == 1 and lines(out, "tuned:")[0].startswith(f"tuned: {label(choice)}"), out
-    providers = lines(out, "provider ")
-    assert len(providers) == 1 and providers[0].startswith(f"provider {label(choice)}"), out
-    assert providers[0].endswith(f"({RUNS_ON[choice['provider']]})")
     models = json.loads((copy / "bundle.json").read_text())["models"]
+    providers = lines(out, "provider ")
+    assert providers[:-1] == ["provider cpu (CPUExecutionProvider)"] * len(models), out
+    assert providers[-1].startswith(f"provider {label(choice)}"), out
+    assert providers[-1].endswith(f"({RUNS_ON[choice['provider']]})")
     model_file = next(m["file"] for m in models if m["precision"] == model_precision(choice))
     judged_as = "fp16" if choice["precision"] == "f16" else choice["precision"]
-    headers = lines(out, f"{judged_as}  ")
-    assert len(headers) == 1 and headers[0].startswith(f"{judged_as}  {model_file}  ("), out
-    assert lines(out, "verified:"), out
+    headers = [line for line in out.splitlines() if line.split("  ")[0] in ("fp32", "fp16", "int8", "bf16")]
+    assert [h.split("  ")[:2] for h in headers] == [*([m["precision"], m["file"]] for m in models),
+                                                  [judged_as, model_file]], out
+    verdict = lines(out, "verified:")
+    assert len(verdict) == 1 and verdict[0].startswith("verified: every configuration judged agrees"), out
+    named = verdict[0].split(" within tolerance (", 1)[1]
+    assert named.startswith("; ".join(f"cpu {m['precision']} at " for m in models[:1])), verdict
+    assert f"{label(choice)}" in named and "(tuned) at " in named, verdict
 
 
 def test_verify_with_provider_checks_every_model_on_it(copy):
