@@ -44,8 +44,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploy.batch_classify import Job, cached_model, columns, sha256_bytes
-from deploy.batch_inputs import list_inputs
-from runtimes.atomic import replace_dir, write_text
+from deploy.batch_inputs import list_inputs, local_root
+from runtimes.atomic import check_apart, check_replaceable, replace_dir, write_text
 from runtimes.cli import EXIT_FAILED, EXIT_PARITY_FAILED, add_max_pixels, positive_int, run_cli
 from runtimes.errors import ToolkitError, first_line
 from runtimes.progress import Progress
@@ -156,17 +156,50 @@ def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path |
 
         opened = stack.enter_context(open_bundle(args.bundle))  # every file's sha256 checked here
         chosen = opened.model(args.variant)
-        data = chosen.path.read_bytes()
         provider = args.provider or opened.providers[0]
+        options = options_for(provider)
+        config = _tuned_configuration(opened, args)
+        if config is not None:
+            chosen, provider = opened.model(config.model_precision), config.provider
+            options = {**config.options(), **options_for(provider)}  # the actors' threads, not the tuned process's
+        data = chosen.path.read_bytes()
         wheel = next(iter(sorted((opened.root / "wheels").glob("*.whl"))), None)
         job = Job(f"{args.bundle}:{chosen.path.relative_to(opened.root)}", sha256_bytes(data), chosen.spec.to_json(),
-                  **{**common, "provider": provider, "options": options_for(provider)})
+                  **{**common, "provider": provider, "options": options})
         return job, data, wheel
     from runtimes.spec import ModelSpec, require_model
 
     data = require_model(args.model).read_bytes()
     spec = ModelSpec.from_onnx(args.model).to_json()  # for a decode stage, which loads no model
     return Job(str(args.model), sha256_bytes(data), spec, **common), data, None
+
+
+def _tuned_configuration(opened, args):
+    """The bundle's tuned configuration (``runtimes.tuned``: gated evidence only) that the actors run, or None.
+
+    Its provider and precision are obeyed; the batch size and threads stay this tool's: the
+    actors are the parallelism, and a batch amortises each call. The first configuration
+    whose runtime is installed on the driver is taken; the workers check the rest.
+    """
+    from runtimes.adapters import unavailable_reason
+    from runtimes.tuned import usable_tuned
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    given = {"provider": args.provider, "variant": args.variant, "threads": args.threads}
+    tuned = usable_tuned(args.bundle, opened, given, say)
+    if tuned is None:
+        return None
+    for config in tuned.configurations:
+        if unavailable_reason(config.provider) is None:
+            if config is not tuned.choice:
+                say(f"note: the tuned {tuned.choice.provider} is not installed here; its fallback {config.label()} runs")
+            say(f"note: the actors run {config.provider} {config.precision} at --batch-size {args.batch_size} with "
+                f"{args.threads or 1} thread(s) each, not the tuned batch size and threads")
+            return config
+    say("warning: no tuned configuration's runtime is installed here; the bundle's default runs")
+    return None
 
 
 def rescue(names: list[str], job: Job, model_file: Path | None) -> Iterator[tuple[str, str, bool]]:
@@ -202,10 +235,10 @@ def rescue(names: list[str], job: Job, model_file: Path | None) -> Iterator[tupl
 def run(args) -> int:
     started = time.perf_counter()
     out = Path(args.output)
-    if out.exists() and args.mode == "create":
-        raise ToolkitError(f"{out} exists; a run never appends to another: --mode overwrite replaces it whole, "
-                           "or give a new OUTPUT")
+    _check_output(out, args)
     names = list_inputs(args.input)
+    if out.exists():
+        _check_inputs_outside(out, names)
     with contextlib.ExitStack() as stack:
         job, model_bytes, wheel = resolve_model(stack, args)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +276,42 @@ def run(args) -> int:
           f"in {manifest['wall_s']:.1f} s; rows by node: "
           + ", ".join(f"{k[:12]} {v}" for k, v in per_node.items()), file=sys.stderr)
     return EXIT_FAILED if writer.errors else 0
+
+
+def _check_output(out: Path, args) -> None:
+    """Refuse OUTPUT before anything starts when it is, holds or lies in INPUT, or when it exists and
+    ``--mode overwrite`` would replace what is not an earlier deploy.batch output."""
+    root = local_root(args.input)
+    inputs = [root] if root is not None else []
+    if args.mode == "overwrite":
+        check_replaceable(out, inputs, what="an earlier deploy.batch output", files_of=_output_files)
+        return
+    check_apart(out, inputs)
+    if out.exists() or out.is_symlink():
+        raise ToolkitError(f"{out} exists; a run never appends to another: --mode overwrite replaces it whole, "
+                           "or give a new OUTPUT")
+
+
+def _output_files(out: Path) -> set[str] | None:
+    """What an earlier run wrote into ``out``: its manifest and the part files the manifest names."""
+    try:
+        parts = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["parts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(parts, list) or not all(isinstance(part, str) for part in parts):
+        return None
+    return {MANIFEST, *parts}
+
+
+def _check_inputs_outside(out: Path, names: list[str]) -> None:
+    """No listed input may lie inside OUTPUT, which the run replaces (a string check on absolute paths)."""
+    inside = tuple({os.path.abspath(out) + os.sep, str(out.resolve()) + os.sep})
+    for name in names:
+        if "://" in name and not name.startswith("file://"):
+            continue
+        if os.path.abspath(name.removeprefix("file://")).startswith(inside):
+            raise ToolkitError(f"the input {name} lies inside OUTPUT {out}, which the run replaces; "
+                               "give an OUTPUT apart from the inputs")
 
 
 def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node) -> dict:

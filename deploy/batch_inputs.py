@@ -44,6 +44,18 @@ def list_inputs(source: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def local_root(source: str) -> Path | None:
+    """The local file or folder ``source`` reads from: a folder, a manifest or image file, a glob's
+    folder before its first wildcard, a file:// URI's path; None for any other URI."""
+    if is_uri(source):
+        return Path(source[len("file://"):]) if source.startswith("file://") else None
+    if Path(source).exists() or not glob.has_magic(source):
+        return Path(source)
+    parts = Path(source).parts
+    static = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:static])
+
+
 def _read_manifest(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

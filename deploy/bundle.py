@@ -35,11 +35,12 @@ from pathlib import Path
 
 import runtimes
 from runtimes.adapters.nvidia import JETSON_FIX
-from runtimes.atomic import replace_dir, write_bytes
+from runtimes.atomic import check_replaceable, replace_dir, write_bytes
 from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, providers_for, sha256_file
 from runtimes.errors import BundleError
 from runtimes.reference import reference_path_for
 from runtimes.spec import DEFAULT_MODEL, ModelSpec, variant_path
+from runtimes.tuned import TUNED
 from runtimes.versions import package_version
 
 VARIANTS = ("fp16", "int8")
@@ -123,6 +124,15 @@ def _readme(target: str, providers: list[str]) -> str:
     )
 
 
+def _bundle_files(out: Path) -> set[str] | None:
+    """What an earlier bundle at ``out`` holds: the files its bundle.json lists, itself, and the tuner's tuned.json."""
+    try:
+        files = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {*files, MANIFEST, TUNED} if isinstance(files, dict) else None
+
+
 def build_bundle(
     model: str | Path = DEFAULT_MODEL,
     out: str | Path = "artifacts/bundle",
@@ -146,8 +156,7 @@ def build_bundle(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise BundleError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} (fp32 is always included)")
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise BundleError(f"--out {out} exists and is not a bundle; give a new folder")
+    check_replaceable(out, [model], what="a bundle", files_of=_bundle_files)
     variants = list(dict.fromkeys(variants))
     if default not in ("fp32", *variants):
         raise BundleError(f"--default {default} is not among the bundled models: {', '.join(['fp32', *variants])}")
@@ -189,6 +198,8 @@ def build_bundle(
             "reference": REFERENCE,
             "labels": "labels.txt",
             "files": files,
+            # Byte sizes: a reader of the .tar.gz refuses a member of another size before writing it.
+            "sizes": {name: (staging / name).stat().st_size for name in files},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         tarball = Path(f"{out}.tar.gz")

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtimes.atomic import replace_dir
+from runtimes.atomic import check_replaceable, replace_dir
 from runtimes.cli import positive_int, run_cli
 from runtimes.errors import BundleError
 from runtimes.spec import DEFAULT_MODEL, ModelSpec
@@ -90,7 +90,7 @@ def write_repository(
     gpu: bool = False,
     tensorrt_fp16: bool = False,
 ) -> Path:
-    """Write (or replace) ``out/name``; returns that folder.
+    """Write ``out/name``, or replace it when it is empty or an earlier output of this tool; returns that folder.
 
     ``max_batch`` defaults to 32 for a graph with a free batch axis; a graph fixed at one
     batch size takes none.
@@ -100,6 +100,8 @@ def write_repository(
     from runtimes.graph import read_graph_io
 
     model, out = Path(model), Path(out)
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise BundleError(f"--name {name!r} must be a plain folder name, such as googlenet")
     if tensorrt_fp16 and not gpu:
         raise BundleError("--tensorrt-fp16 needs --gpu: TensorRT runs on GPU instances only")
     if (max_batch is not None and max_batch < 1) or instances < 1:
@@ -113,6 +115,7 @@ def write_repository(
         )
     config = model_config(spec, name=name, max_batch=max_batch or DEFAULT_MAX_BATCH, instances=instances, gpu=gpu,
                           tensorrt_fp16=tensorrt_fp16, fixed_batch=fixed)
+    check_replaceable(out / name, [model], what="an earlier deploy.triton model folder", files_of=_own_files)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
     try:
@@ -127,6 +130,19 @@ def write_repository(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _own_files(folder: Path) -> set[str] | None:
+    """The files deploy.triton writes into ``folder``, when its config.pbtxt parses as Triton's ModelConfig
+    and every one of them is there; None otherwise."""
+    from google.protobuf import text_format
+
+    try:
+        config = text_format.Parse((folder / "config.pbtxt").read_text(encoding="utf-8"), _model_config_pb2().ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return None
+    files = {"config.pbtxt", "1/model.onnx", *(output.label_filename for output in config.output if output.label_filename)}
+    return files if all((folder / name).is_file() for name in files) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ with optimizations off, first checked against PyTorch's recorded answers
 divergence and a one-line verdict go to stderr; ``--json`` prints one object on stdout,
 whose ``"verdict"`` has ``"kind"`` (culprit, accumulated or none) and, for a culprit,
 ``"node"``, ``"op"`` and ``"tensor"``. ``--out DIR`` writes report.json, the smallest
-failing model (reduced.onnx) and its inputs (inputs.npz) to reproduce it anywhere.
+failing model (reduced.onnx) and its inputs (inputs.npz) to reproduce it anywhere, into
+a fresh folder renamed into place: a DIR that exists and is not empty is refused.
 
 Needs the onnx package, not torch. Exit status: 0 no divergence beyond the precision's
 budget, 3 a divergence was located, 2 a user error or a reference that fails its anchor.
@@ -85,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("auto", "mark-all", "bisect"), default="auto",
                         help="auto: mark-all, bisect on OpenCV DNN (one output at a time) or when marking hides the failure")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--out", type=Path, help="write report.json, reduced.onnx and inputs.npz here")
+    parser.add_argument("--out", type=Path, help="write report.json, reduced.onnx and inputs.npz here: a new or empty folder")
     args = parser.parse_args(argv)
+    if args.out is not None:  # before the slow part: a fresh folder, never one holding another run's files
+        from runtimes.atomic import check_replaceable
+
+        check_replaceable(args.out, [p for p in (args.bundle, args.model, args.candidate) if p is not None])
     import contextlib
 
     from runtimes.locate import diagnose, precision_options, public, table, write_out

@@ -542,20 +542,33 @@ def table(report: dict[str, Any], rows: int = 12) -> str:
 
 
 def write_out(report: dict[str, Any], folder: Path) -> list[Path]:
-    """report.json, the smallest failing model and its inputs (.npz, no pickle), atomically."""
+    """report.json, the smallest failing model and its inputs (.npz, no pickle): written into a staging
+    folder beside ``folder`` and renamed into place, so ``folder`` holds one run's files. ``folder``
+    must be new or empty (``runtimes.atomic.check_replaceable``)."""
     import io
     import json
+    import shutil
 
-    from runtimes.atomic import write_bytes, write_text
+    from runtimes.atomic import check_replaceable, replace_dir
 
-    written = [write_text(folder / "report.json", json.dumps(public(report), indent=2) + "\n")]
-    inputs = report["_reduced_inputs"] if report["_reduced"] is not None else {"input": report["_input"]}
-    buffer = io.BytesIO()
-    np.savez(buffer, **inputs)  # keyed by tensor name, as the model reads them
-    written.append(write_bytes(folder / "inputs.npz", buffer.getvalue()))
-    if report["_reduced"] is not None:
-        written.append(write_bytes(folder / "reduced.onnx", report["_reduced"]))
-    return written
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        (staging / "report.json").write_text(json.dumps(public(report), indent=2) + "\n", encoding="utf-8")
+        inputs = report["_reduced_inputs"] if report["_reduced"] is not None else {"input": report["_input"]}
+        buffer = io.BytesIO()
+        np.savez(buffer, **inputs)  # keyed by tensor name, as the model reads them
+        (staging / "inputs.npz").write_bytes(buffer.getvalue())
+        if report["_reduced"] is not None:
+            (staging / "reduced.onnx").write_bytes(report["_reduced"])
+        staging.chmod(0o755)  # mkdtemp makes 0700
+        check_replaceable(folder)  # runtimes.diverge checked before its run; it may have filled since
+        replace_dir(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [folder / name for name in ("report.json", "inputs.npz", "reduced.onnx") if (folder / name).is_file()]
 
 
 def public(report: dict[str, Any]) -> dict[str, Any]:

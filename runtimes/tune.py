@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,12 @@ CHILD_OVERHEAD_S = 1.5  # start-up, imports and load of one confirming process (
 MIN_FREE_MEMORY = 2 << 30  # below this much available memory, a gated session is closed until its block
 BUSY_CORES = 0.5  # other processes using more than this many cores during a round: warn
 BUSY_SPREAD = 0.15  # a median within-block interquartile range above this share of the median: warn
-STATUS_ORDER = ("chosen", "tied", "eliminated", "rejected", "skipped")
+STATUS_ORDER = ("chosen", "tied", "undecided", "eliminated", "rejected", "skipped")
+SCREEN_CALLS = 3  # timed calls when a candidate is first loaded; the fastest of them orders the gates
+# A candidate that passed, but whose fastest screened call cost more than this times the fastest
+# one's, is not raced: ORT and OpenVINO calls on a busy 2-core machine rarely stretch past 1.5x
+# at their fastest, while the runtimes and precisions here differ by 2-6x (AMD EPYC, Intel Xeon).
+LEAD_FACTOR = 1.5
 
 
 class TuneError(ToolkitError):
@@ -73,10 +78,16 @@ class Candidate:
     reason: str = ""
     gate: dict[str, Any] | None = None
     labelled: dict[str, Any] | None = None
-    estimate_s: float = 0.0  # seconds per call, from the gate
+    times: list[float] = field(default_factory=list)  # seconds of the screen's and the gate's timed calls
+    load_s: float = 0.0  # seconds to load it here (a fresh process's confirmation is sized from it)
     located: str | None = None  # for a rejected candidate: runtimes.diverge's verdict line
     runner: Any = None
     entrant: Any = None  # runtimes.race.Entrant once it races
+
+    @property
+    def estimate_s(self) -> float:
+        """Seconds per call, before the race: the fastest of its timed calls (load only slows a call down)."""
+        return min(self.times) if self.times else 0.0
 
     def record(self, choice: "Candidate | None", per_image: bool) -> dict[str, Any]:
         from runtimes.race import p99, ratio
@@ -86,6 +97,8 @@ class Candidate:
             record["labelled"] = self.labelled
         if self.located is not None:
             record["located"] = self.located
+        if self.times:
+            record["screen"] = {"load_s": round(self.load_s, 3), "fastest_call_ms": round(self.estimate_s * 1e3, 3)}
         e = self.entrant
         if e is not None and e.measured:
             divide = self.config.batch_size if per_image else 1
@@ -212,26 +225,28 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         if load > cpu["physical_cores"]:
             warnings.append(f"the machine was busy before tuning began (load average {load:.1f} on "
                             f"{cpu['physical_cores']} cores): timings will be noisier")
-        progress = stack.enter_context(Progress(len(candidates) + 2 + bool(labelled), err))
+        progress = stack.enter_context(Progress(2 * len(candidates) + 2 + bool(labelled), err))
         runners = stack.enter_context(contextlib.ExitStack())  # every loaded session, closed at the end
         gate_deadline = deadline - _reserve_s(pairs) - 0.2 * args.budget_s
-        gate_seconds: list[float] = []
-        for candidate in candidates:
-            progress.step(f"gate: {candidate.config.label()}")
-            expected = statistics.median(gate_seconds) if gate_seconds else 0.0
-            if time.monotonic() + expected > gate_deadline:
-                candidate.status, candidate.reason = "skipped", "the budget ran out before its gate"
-                continue
-            gate_started = time.monotonic()
-            _gate(candidate, opened, reference, runners)
-            gate_seconds.append(time.monotonic() - gate_started)
+        _screen_all(candidates, opened, reference, runners, gate_deadline, progress, args)
+        _gate_leaders(candidates, opened, reference, runners, gate_deadline, progress, args)
         if labelled is not None:
             progress.step(f"labelled: {labelled['images']} images against fp32")
             _labelled_check(candidates, labelled, args.max_drop, opened)
-        passing = [c for c in candidates if c.status == "passed"]
-        progress.step(f"race: {len(passing)} candidates")
-        race = _race(passing, args, deadline - _reserve_s(pairs), progress)
-        choice, ranked = _decide(passing, race, args, list(opened.providers))
+        racing = _leaders([c for c in candidates if c.status == "passed"], args)
+        progress.step(f"race: {len(racing)} candidates")
+        race = _race(racing, args, deadline - _reserve_s(pairs), progress)
+        _gate_the_rest(candidates, opened, reference, runners, deadline - _reserve_s(pairs), progress, args)
+        if labelled is not None:
+            _labelled_check(candidates, labelled, args.max_drop, opened)
+        late = [c for c in candidates if c.status == "passed" and c not in racing]
+        if not racing and late:  # none passed before the race: the fastest gated after it, by the gate's timing
+            racing = _leaders(late, args)
+            late = [c for c in late if c not in racing]
+            race = _race(racing, args, time.monotonic(), progress)
+        for c in late:
+            _not_raced(c, racing[0], args)
+        choice, ranked = _decide(racing, late, race, args, list(opened.providers))
         progress.step("confirmation in fresh processes")
         confirmation = _confirm(opened.root, choice, ranked, args, pairs, deadline, warnings)
         if confirmation.get("swapped"):
@@ -239,7 +254,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
             choice.status, ranked[0].status = "chosen", "tied"
             choice.reason = "tied in the race, and faster in every pair of fresh processes"
             ranked[0].reason = f"the fresh processes found {choice.config.label()} faster"
-        warnings += _busy_warnings(race)
+        warnings += _evidence_warnings(candidates, race, args)
         default = _bundle_default(opened, candidates, cpu["physical_cores"], args)
         record = {
             "format": 1,
@@ -292,9 +307,10 @@ def _reserve_s(pairs: int) -> float:
 # --- gate ---------------------------------------------------------------------------
 
 
-def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack) -> None:
-    """Load ``candidate`` and replay the reference through it; its status becomes passed,
-    rejected (wrong answers) or skipped (cannot run here)."""
+def _screen(candidate: Candidate, opened, reference, runners: contextlib.ExitStack) -> None:
+    """Load ``candidate``, replay the smallest seeded batch through it and time SCREEN_CALLS calls:
+    a first check, and a cost to order the gates by. Its status becomes screened, rejected
+    (wrong answers) or skipped (cannot run here)."""
     from runtimes.adapters import create_runner
     from runtimes.errors import NonFiniteError
     from runtimes.reference import replay
@@ -313,38 +329,193 @@ def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack
     except ToolkitError as exc:
         candidate.status, candidate.reason = "skipped", f"cannot run here: {exc}"
         return
+    candidate.load_s = time.monotonic() - started
+    try:
+        checks = replay(runner, reference.subset(0), tol, config.batch_size)
+        if all(c.passed for c in checks):
+            candidate.times += _timed(runner, config, SCREEN_CALLS)
+    except ToolkitError as exc:
+        runner.close()
+        candidate.status = "rejected" if isinstance(exc, NonFiniteError) else "skipped"
+        candidate.reason = f"failed in the screen: {exc}"
+        return
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        runner.close()
+        candidate.gate = _gate_record(checks, tol, started)
+        candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
+        candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
+        return
+    candidate.status, candidate.runner = "screened", runner
+    runners.callback(runner.close)
+
+
+def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack) -> None:
+    """Replay the whole reference through ``candidate`` (screened first, if it was not); its status
+    becomes passed, rejected (wrong answers) or skipped (cannot run here)."""
+    from runtimes.errors import NonFiniteError
+    from runtimes.reference import replay
+    from runtimes.tolerances import for_precision
+
+    if candidate.runner is None:
+        _screen(candidate, opened, reference, runners)
+    if candidate.status != "screened":
+        return
+    config, runner = candidate.config, _loaded(candidate)
+    tol = for_precision(config.tolerance_precision)
+    started = time.monotonic()
     try:
         checks = replay(runner, reference, tol, config.batch_size)
-        batch = _noise(config.batch_size, runner.spec.crop_size)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            runner.infer(batch)
-            times.append(time.perf_counter() - t0)
+        if all(c.passed for c in checks):
+            candidate.times += _timed(runner, config, 3)
     except ToolkitError as exc:
         runner.close()
         candidate.status = "rejected" if isinstance(exc, NonFiniteError) else "skipped"
         candidate.reason = f"failed in the gate: {exc}"
         return
-    candidate.estimate_s = statistics.median(times)
     failed = [c for c in checks if not c.passed]
-    candidate.gate = {
-        "passed": not failed,
+    candidate.gate = _gate_record(checks, tol, started)
+    if failed:
+        runner.close()
+        candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
+        model = opened.model(config.model_precision)
+        candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
+        return
+    candidate.status, candidate.reason = "passed", ""
+    if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
+        runner.close()
+
+
+def _timed(runner, config, calls: int) -> list[float]:
+    """Seconds of ``calls`` inferences of a seeded batch; a NaN or Inf in one raises NonFiniteError."""
+    import numpy as np
+
+    from runtimes.errors import NonFiniteError
+
+    batch = _noise(config.batch_size, runner.spec.crop_size)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        output = runner.infer(batch)
+        times.append(time.perf_counter() - t0)
+        if not np.isfinite(output).all():
+            raise NonFiniteError("NaN or Inf in the output of a timed call")
+    return times
+
+
+def _gate_record(checks, tol, started: float) -> dict[str, Any]:
+    return {
+        "passed": all(c.passed for c in checks),
         "seconds": round(time.monotonic() - started, 3),
         "tolerance": f"atol {tol.atol:g}, rtol {tol.rtol:g}" if tol.elementwise else f"top-1 agreement >= {tol.min_top1:.0%}",
         "checks": [{"name": c.name, "judged": c.judged, "passed": c.passed, "max_abs": _finite(c.stats.max_abs),
                     "violations": c.stats.violations, "top1_agreement": round(c.stats.top1_agreement, 4)}
                    for c in checks],
     }
-    if failed:
-        runner.close()
-        candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
-        candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
-        return
-    candidate.status, candidate.reason, candidate.runner = "passed", "", runner
-    runners.callback(runner.close)
-    if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
-        runner.close()
+
+
+def _group(config) -> tuple:
+    """A configuration less its thread count: the candidates that differ only in threads."""
+    return (config.provider, config.precision, config.batch_size, config.hint)
+
+
+def _screen_all(candidates: list[Candidate], opened, reference, runners, until: float, progress: Progress, args) -> None:
+    """Screen each group's candidate with the most threads, then the other thread counts of the
+    groups within LEAD_FACTOR of the fastest; then one more pass over all screened, in a random
+    order, so that a burst of load during one screen does not rank it."""
+    import random
+
+    def screen(c: Candidate) -> None:
+        progress.step(f"screen: {c.config.label()}")
+        if time.monotonic() + statistics.median(spent or [0.0]) > until:
+            c.status, c.reason = "skipped", "the budget ran out before its screen"
+            return
+        begun = time.monotonic()
+        _screen(c, opened, reference, runners)
+        spent.append(time.monotonic() - begun)
+
+    spent: list[float] = []
+    most: dict[tuple, Candidate] = {}
+    for c in candidates:
+        held = most.get(_group(c.config))
+        if held is None or (c.config.threads or 1 << 30) > (held.config.threads or 1 << 30):
+            most[_group(c.config)] = c
+    for c in most.values():
+        screen(c)
+    screened = [c for c in most.values() if c.status == "screened"]
+    if screened:
+        best = min(_cost(c, args) for c in screened)
+        for c in candidates:
+            primary = most[_group(c.config)]
+            if c is primary:
+                continue
+            if primary.status == "screened" and _cost(primary, args) <= LEAD_FACTOR * best:
+                screen(c)
+            elif primary.status == "screened":
+                c.reason = (f"not screened: with {primary.config.threads} threads it was "
+                            f"{_cost(primary, args) / best:.2f}x the fastest in the screen")
+    again = [c for c in candidates if c.status == "screened"]
+    random.shuffle(again)
+    for c in again:
+        if time.monotonic() > until:
+            break
+        try:
+            c.times += _timed(_loaded(c), c.config, 2)
+        except ToolkitError as exc:
+            c.runner.close()
+            c.status, c.reason = "rejected", f"failed in the screen: {exc}"
+
+
+def _gate_leaders(candidates: list[Candidate], opened, reference, runners, until: float, progress: Progress, args) -> None:
+    """The whole gate for the screened candidates in order of cost, up to the first two that pass
+    and every one within LEAD_FACTOR of the fastest that passes; the rest wait (``_gate_the_rest``)."""
+    best: Candidate | None = None
+    passed = 0
+    rows = sum(len(x) for x in reference.inputs) + len(reference.images)
+    for c in sorted((c for c in candidates if c.status == "screened"), key=lambda c: _cost(c, args)):
+        if passed >= 2 and _cost(c, args) > LEAD_FACTOR * _cost(best, args):
+            break
+        progress.step(f"gate: {c.config.label()}")
+        if time.monotonic() + 1.5 * rows / c.config.batch_size * c.estimate_s > until:
+            break
+        _gate(c, opened, reference, runners)
+        if c.status == "passed":
+            passed += 1
+            best = c if best is None or _cost(c, args) < _cost(best, args) else best
+
+
+def _leaders(passing: list[Candidate], args) -> list[Candidate]:
+    """The candidates that race: the two fastest that passed, and every other within LEAD_FACTOR
+    of the fastest; so the choice is always timed against a runner-up."""
+    ordered = sorted(passing, key=lambda c: _cost(c, args))
+    return [c for i, c in enumerate(ordered) if i < 2 or _cost(c, args) <= LEAD_FACTOR * _cost(ordered[0], args)]
+
+
+def _not_raced(candidate: Candidate, leader: Candidate, args) -> None:
+    candidate.status = "eliminated"
+    candidate.reason = (f"passed the gate; {_cost(candidate, args) / _cost(leader, args):.2f}x the cost of "
+                        f"{leader.config.label()} in the screen (more than {LEAD_FACTOR:g}x): not raced")
+
+
+def _gate_the_rest(candidates: list[Candidate], opened, reference, runners, until: float, progress: Progress,
+                   args) -> None:
+    """After the race, while the budget lasts: the whole gate for the candidates still waiting, so
+    that they are evidence and fallbacks; the others are skipped with the reason."""
+    waiting = sorted((c for c in candidates if c.status in ("screened", "planned")),
+                     key=lambda c: (c.status != "screened", _cost(c, args) if c.times else 0.0))
+    for c in waiting:
+        if time.monotonic() + statistics.median([*(x.gate["seconds"] for x in candidates if x.gate), 0.5]) > until:
+            break
+        progress.step(f"gate: {c.config.label()}")
+        _gate(c, opened, reference, runners)
+    for c in candidates:
+        if c.status == "screened":
+            c.runner.close()
+            c.status, c.reason = "skipped", (
+                f"screened only ({_cost(c, args) / min(_cost(x, args) for x in candidates if x.times):.2f}x the "
+                "fastest in the screen): the budget ran out before its whole gate")
+        elif c.status == "planned":
+            c.status, c.reason = "skipped", c.reason or "the budget ran out before its screen"
 
 
 def _locate(config, opened, model, reference, checks, spec) -> str | None:
@@ -434,6 +605,7 @@ def _labelled_check(candidates: list[Candidate], labelled: dict[str, Any], max_d
 
     passing = [c for c in candidates if c.status == "passed"]
     base = next((c for c in passing if c.config.precision == "fp32"), None)
+    passing = [c for c in passing if c.labelled is None]  # a second call checks those gated since the first
     truths = np.asarray(labelled["truths"])
 
     def right(runner, b: int) -> Any:
@@ -523,20 +695,30 @@ def _race(passing: list[Candidate], args, deadline_s: float, progress: Progress,
     return race
 
 
-def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
-    """(the choice or None, the ranked fallbacks); sets every racing candidate's status and reason."""
+def _decide(racing: list[Candidate], others: list[Candidate], race, args, provider_order: list[str]):
+    """(the choice or None, the ranked fallbacks); sets every racing candidate's status and reason.
+
+    ``others`` passed the gate but did not race. Only candidates whose interval against the
+    leader lies within --min-gain tie with it, and only a tie is settled by the tie-break; one
+    not separated from the leader when the race stopped is "undecided", and the leader stands.
+    """
     from runtimes.candidates import tie_break
     from runtimes.race import ratio
 
-    live = [c for c in passing if c.entrant.status == "live"]
+    live = [c for c in racing if c.entrant.status == "live"]
     if not live:
         return None, []
+
+    def within(c: Candidate, other: Candidate) -> bool:
+        r = ratio(c.entrant, other.entrant)
+        return (r is not None and r.rounds >= MIN_ROUNDS and 1 / (1 + args.min_gain) <= r.low
+                and r.high <= 1 + args.min_gain)
+
     measured = [c for c in live if c.entrant.measured]
     if measured:
         leader = next(c for c in measured if c.entrant is race.leader)
-        close = [leader, *(c for c in measured if c is not leader
-                           and (r := ratio(c.entrant, leader.entrant)) is not None and r.value <= 1 + args.min_gain)]
-    else:  # no round ran: the gate's timing is all there is
+        close = [leader, *(c for c in measured if c is not leader and within(c, leader))]
+    else:  # no round ran: the screen's and the gate's timing is all there is
         leader = min(live, key=lambda c: _cost(c, args))
         close = [leader]
     choice = min(close, key=lambda c: tie_break(c.config, provider_order))
@@ -544,33 +726,55 @@ def _decide(passing: list[Candidate], race, args, provider_order: list[str]):
     choice.reason = (f"fastest that passed ({race.stopped_because} after {race.rounds} rounds)" if choice is leader
                      else f"tied with {leader.config.label()} within --min-gain {args.min_gain:g}; the tie goes to the "
                           "higher precision, then fewer threads, then the bundle's provider order")
-    if len(passing) == 1:
+    if len(racing) + len(others) == 1:
         choice.reason = "the only candidate that passed the gate"
     elif not measured:
-        choice.reason = "no race round fitted in the budget: chosen by the gate's timing alone"
+        choice.reason = "no race round fitted in the budget: chosen by the screen's and the gate's timing alone"
     for c in live:
         if c is choice:
             continue
-        c.status = "tied"
         r = ratio(c.entrant, choice.entrant)
         shown = ("not measured" if r is None else f"{r.value:.2f}x ({r.low:.2f}-{r.high:.2f})" if r.rounds >= MIN_ROUNDS
                  else f"{r.value:.2f}x after {r.rounds} rounds, too few for an interval")
-        within = r is not None and r.rounds > 1 and 1 / (1 + args.min_gain) <= r.low and r.high <= 1 + args.min_gain
-        c.reason = (f"within {args.min_gain:g} of the choice: {shown}" if within
-                    else f"not separated from the choice when the race stopped ({race.stopped_because}): {shown}")
+        if within(c, choice):
+            c.status, c.reason = "tied", f"within {args.min_gain:g} of the choice: {shown}"
+        else:
+            c.status = "undecided"
+            c.reason = f"not separated from the choice when the race stopped ({race.stopped_because}): {shown}"
 
     def rank(c: Candidate) -> tuple:
-        r = ratio(c.entrant, choice.entrant) if c.entrant.measured and choice.entrant.measured else None
-        return (r.value if r else _cost(c, args) / max(_cost(choice, args), 1e-12), tie_break(c.config, provider_order))
+        r = ratio(c.entrant, choice.entrant) if c.entrant and c.entrant.measured and choice.entrant.measured else None
+        return (c.entrant is None, r.value if r else _cost(c, args) / max(_cost(choice, args), 1e-12),
+                tie_break(c.config, provider_order))
 
     # a fallback must pass the gate and keep to --max-p99-ms
-    usable = [c for c in passing if c is not choice and c.status != "rejected" and not c.reason.startswith("p99 ")]
+    usable = [c for c in [*racing, *others]
+              if c is not choice and c.status != "rejected" and not c.reason.startswith("p99 ")]
     return choice, sorted(usable, key=rank)
 
 
 def _cost(candidate: Candidate, args) -> float:
     """The gate's seconds per call, or per image for the throughput metric."""
     return candidate.estimate_s / (candidate.config.batch_size if args.metric == "throughput" else 1)
+
+
+def _evidence_warnings(candidates: list[Candidate], race, args) -> list[str]:
+    """What the run could not settle, one line each: candidates gated fewer than planned, and
+    leaders the race did not separate; then the machine's noise."""
+    warnings = []
+    gated = [c for c in candidates if c.gate is not None and c.gate["passed"] or c.status == "rejected"]
+    if len(gated) < len(candidates):
+        screened = sum(1 for c in candidates if c.times and c.gate is None)
+        warnings.append(f"gated {len(gated)} of {len(candidates)} candidates in full ({screened} more screened only, "
+                        f"{len(candidates) - len(gated) - screened} not run); a larger --budget-s gates them all")
+    chosen = next((c for c in candidates if c.status == "chosen"), None)
+    undecided = [c for c in candidates if c.status == "undecided"]
+    if chosen is not None and undecided:
+        shown = "; ".join(f"{c.config.label()} {c.reason.rsplit(': ', 1)[1]}" for c in undecided)
+        warnings.append(f"undecided between {chosen.config.label()} and {len(undecided)} other"
+                        f"{'s' if len(undecided) > 1 else ''} after {race.rounds} rounds ({shown} of the choice's time): "
+                        f"the fastest so far is the choice; a larger --budget-s separates them")
+    return warnings + _busy_warnings(race)
 
 
 def _busy_warnings(race) -> list[str]:
@@ -595,7 +799,7 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     """Time the choice against the runner-up in ``pairs`` pairs of fresh processes, alternating."""
     if choice is None or not ranked:
         return {"done": False, "why": "nothing to confirm against" if choice else "no choice"}
-    runner_up = ranked[0]  # only a tied runner-up can take the choice: an eliminated one lost with confidence
+    runner_up = ranked[0]  # only a tied or undecided runner-up can take the choice: an eliminated one lost with confidence
     if pairs == 0:
         return {"done": False, "why": "the budget leaves no time for fresh processes"}
     per_image = args.metric == "throughput"
@@ -614,7 +818,7 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     if not ratios:
         return {"done": False, "why": "the budget ran out before it"}
     found = statistics.median(ratios)
-    swapped = runner_up.status == "tied" and all(r < 1 / (1 + args.min_gain) for r in ratios)
+    swapped = runner_up.status in ("tied", "undecided") and all(r < 1 / (1 + args.min_gain) for r in ratios)
     result = {"done": True, "runner_up": runner_up.config.as_dict(), "pairs": len(ratios),
               "runner_up_over_choice": [round(r, 4) for r in ratios], "median": round(found, 4), "swapped": swapped}
     if swapped:
@@ -679,10 +883,17 @@ def _speedup(default: Candidate | None, choice: Candidate | None, per_image: boo
 
     if default is None:
         return None
-    if choice is None or default.entrant is None or not default.entrant.measured:
-        return {"default": default.config.as_dict(), "ratio": None, "why": default.reason or "not timed"}
     if default is choice:
         return {"default": default.config.as_dict(), "ratio": 1.0}
+    if choice is not None and default.times and choice.times and (default.entrant is None or not default.entrant.measured):
+        # not raced: the screen's fastest calls, each timed in its own moment, with no interval
+        def cost(c: Candidate) -> float:
+            return c.estimate_s / (c.config.batch_size if per_image else 1)
+
+        return {"default": default.config.as_dict(), "ratio": round(cost(default) / cost(choice), 3),
+                "from": "the fastest calls of each in the screen and the gate (not raced together)"}
+    if choice is None or default.entrant is None or not default.entrant.measured:
+        return {"default": default.config.as_dict(), "ratio": None, "why": default.reason or "not timed"}
     r = ratio(default.entrant, choice.entrant)
     if r is None:
         return {"default": default.config.as_dict(), "ratio": None, "why": "not timed in the same rounds"}
@@ -769,7 +980,8 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
         if speedup and speedup.get("ratio"):
             ci = speedup.get("ci")
             interval = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci and ci[1] is not None else ""
-            lines.append(f"{speedup['ratio']:.2f}x{interval} the bundle's default, {_label(speedup['default'])}")
+            lines.append(f"{speedup['ratio']:.2f}x{interval} the bundle's default, {_label(speedup['default'])}"
+                         + (" (by their fastest calls: the default was not raced)" if "from" in speedup else ""))
         elif speedup:
             lines.append(f"the bundle's default, {_label(speedup['default'])}: {speedup.get('why', 'not timed')}")
         confirmation = record["confirmation"]

@@ -10,6 +10,24 @@ import torch
 from converters.googlenet import GoogLeNet
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bundle_cache(tmp_path_factory) -> Path:
+    """Tarball bundles unpack into a cache of the run's own, never the user's ~/.cache; the
+    commands the tests start inherit it."""
+    import os
+
+    from runtimes.bundle import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("bundle-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 def save_training_checkpoint(path: Path, layout: str, num_classes: int = 1000, seed: int = 0) -> Path:
     """A random training checkpoint with both aux heads, wrapped like a trainer saves it.
 

@@ -85,6 +85,7 @@ def _wheel_outside(folder: Path, manifest: dict, outside: Path) -> None:
     moved = shutil.copyfile(folder / wheel, outside / Path(wheel).name)
     requirements.write_text(requirements.read_text().replace(wheel, _far(moved)))
     manifest["files"]["requirements.txt"] = sha256_file(requirements)
+    manifest["sizes"]["requirements.txt"] = requirements.stat().st_size
 
 
 def _precision_relabelled(folder: Path, manifest: dict, outside: Path) -> None:
