@@ -3,24 +3,33 @@
     python -m runtimes.tune --bundle DIR|DIR.tar.gz [--budget-s 120] [--metric latency|throughput]
         [--providers cpu,openvino] [--precisions fp32,int8,bf16] [--batch-sizes 1] [--threads 1,2]
         [--max-p99-ms MS] [--min-gain 0.03] [--labelled DIR --max-drop POINTS]
-        [--dry-run] [--json] [--plot tune.png]
+        [--force] [--dry-run] [--json] [--plot tune.png]
 
 1. Candidates: every provider, precision (the bundle's files; OpenVINO's bf16 and f16 on
    the fp32 file), batch size, thread count and OpenVINO hint that can run here
    (``runtimes.candidates``); each one dropped is listed with its reason.
-2. Gate: each candidate replays the bundle's reference answers (seeded inputs, images,
-   PyTorch's logits) in exactly its configuration, at its batch size, judged by
-   ``runtimes.parity`` with the tolerance ``runtimes.verify`` uses for its precision (int8:
-   top-1 agreement on the images). A NaN or Inf rejects it. With ``--labelled``, it is
-   also compared with the fp32 model image by image. A rejected candidate is never chosen.
-3. Race: the candidates that pass stay loaded and are timed in interleaved rounds, each
-   compared with the leader by paired per-round ratios (``runtimes.race``).
-4. Confirmation: the winner against the runner-up in fresh processes, each loading its
+2. Screen: each candidate is loaded, checked on the smallest seeded batch and timed for a
+   few calls, with the most threads first; the other thread counts only of the
+   configurations within ``LEAD_FACTOR`` of the fastest.
+3. Gate, in order of the screen's cost: each candidate replays the bundle's reference
+   answers (seeded inputs, images, PyTorch's logits) in exactly its configuration, at its
+   batch size, judged by ``runtimes.parity`` with the tolerance ``runtimes.verify`` uses for
+   its precision (int8: top-1 agreement on the images). A NaN or Inf rejects it. With
+   ``--labelled``, it is also compared with the fp32 model image by image. A rejected
+   candidate is never chosen, and only a gated one is ever a choice or a fallback.
+4. Race: the two fastest that pass and every other within ``LEAD_FACTOR`` stay loaded and are
+   timed in interleaved rounds, each compared with the leader by paired per-round ratios
+   (``runtimes.race``). Only an interval inside ``--min-gain`` is a tie; one not separated
+   when the race stops is "undecided", said in one line, and the leader stands. The other
+   candidates are gated afterwards while the budget lasts, as fallbacks.
+5. Confirmation: the winner against the runner-up in fresh processes, each loading its
    configuration as ``runtimes.run --bundle`` does.
-5. ``DIR/tuned.json`` (a tarball gets ``DIR.tar.gz.tuned.json`` beside it), written
+6. ``DIR/tuned.json`` (a tarball gets ``DIR.tar.gz.tuned.json`` beside it), written
    atomically: the choice and its ranked fallbacks, every candidate with its evidence,
    the protocol and the device fingerprint. ``runtimes.run``, ``runtimes.verify`` and
    ``deploy.serve`` use it while the bundle and the device match (``runtimes.tuned``).
+   One for the same bundle, device and metric that holds more evidence (more candidates
+   gated, or as many over more race rounds) is kept unless ``--force``.
 
 The whole run, gate included, keeps to ``--budget-s``. Exit status: 0 a choice was
 made; 3 no candidate gives PyTorch's answers (the evidence is written, with no
@@ -138,6 +147,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "bound each candidate's top-1 drop against the fp32 model")
     parser.add_argument("--max-drop", type=points, default=DEFAULT_MAX_DROP, metavar="POINTS",
                         help=f"with --labelled: reject a candidate whose drop may exceed this, at 95%% (default: {DEFAULT_MAX_DROP:g})")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing tuned.json even when it holds more evidence than this run")
     parser.add_argument("--dry-run", action="store_true", help="print the candidates and the plan; run nothing")
     parser.add_argument("--json", action="store_true", help="print the tuned.json object instead of the table")
     parser.add_argument("--plot", type=Path, help="write a bar per candidate with its interval to this PNG")
@@ -274,13 +285,18 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         }
     from runtimes.atomic import write_text
 
-    try:
-        path = write_text(tuned_path(args.bundle), json.dumps(record, indent=2) + "\n")
-    except OSError as exc:
-        raise TuneError(f"cannot write {tuned_path(args.bundle)}: {exc.strerror or exc}") from None
+    path = tuned_path(args.bundle)
+    kept = None if args.force else _more_evidence(path, record)
+    if kept is None:
+        try:
+            write_text(path, json.dumps(record, indent=2) + "\n")
+        except OSError as exc:
+            raise TuneError(f"cannot write {path}: {exc.strerror or exc}") from None
     for warning in warnings:
         print(f"warning: {warning}", file=err)
-    print(json.dumps(record, indent=2) if args.json else _markdown(record, path), file=out)
+    if kept is not None:
+        print(f"kept {path}: {kept}; this run's choice is not written (--force replaces it)", file=err)
+    print(json.dumps(record, indent=2) if args.json else _markdown(record, path, written=kept is None), file=out)
     if args.plot:
         try:
             _plot(record, args.plot)
@@ -292,6 +308,31 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         return EXIT_FAILED  # all gave PyTorch's answers, none within --max-p99-ms
     # nothing judged wrong, nothing able to run: not a parity failure, but this machine's lack
     return EXIT_PARITY_FAILED if any(c.status == "rejected" for c in candidates) else EXIT_USER_ERROR
+
+
+def _evidence(record: dict[str, Any]) -> tuple[int, int]:
+    """(candidates gated, race rounds): what a tuned.json's choice stands on."""
+    gated = sum(1 for c in record.get("candidates", []) if isinstance(c, dict) and c.get("gate"))
+    return gated, int(record.get("protocol", {}).get("rounds", 0))
+
+
+def _more_evidence(path: Path, record: dict[str, Any]) -> str | None:
+    """Why the tuned.json at ``path`` must be kept rather than replaced by ``record``: it was made
+    for the same bundle, device and metric, and gated more candidates, or as many in more race
+    rounds. None when it may be replaced (absent, unreadable, for something else, or weaker)."""
+    from runtimes.device import fingerprint_mismatch
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        same = (old["bundle_json_sha256"] == record["bundle_json_sha256"] and old.get("metric") == record["metric"]
+                and fingerprint_mismatch(old["device"], record["device"]) is None)
+        theirs, ours = _evidence(old), _evidence(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not same or theirs <= ours:
+        return None
+    return (f"it holds more evidence for this bundle and device ({theirs[0]} candidates gated, {theirs[1]} race rounds, "
+            f"against this run's {ours[0]} and {ours[1]})")
 
 
 def _confirm_pairs(budget_s: float) -> int:
@@ -809,10 +850,10 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
             break
         costs = {}
         for who in ((choice, runner_up) if i % 2 == 0 else (runner_up, choice)):
-            seconds = _child_seconds(root, who.config, deadline)
+            seconds, why = _child_seconds(root, who, deadline)
             if seconds is None:
-                warnings.append(f"confirmation: {who.config.label()} failed in a fresh process")
-                return {"done": False, "why": f"{who.config.label()} failed in a fresh process"}
+                warnings.append(f"confirmation: {who.config.label()} {why}")
+                return {"done": False, "why": f"{who.config.label()} {why}"}
             costs[id(who)] = seconds / (who.config.batch_size if per_image else 1)
         ratios.append(costs[id(runner_up)] / costs[id(choice)])
     if not ratios:
@@ -830,14 +871,29 @@ def _confirm(root: Path, choice, ranked, args, pairs: int, deadline: float, warn
     return result
 
 
-def _child_seconds(root: Path, config, deadline: float) -> float | None:
+def _child_seconds(root: Path, candidate: Candidate, deadline: float) -> tuple[float | None, str]:
+    """(the median call a fresh process timed, "") or (None, what went wrong, in a few words).
+
+    The child may overrun the budget up to a floor sized from this candidate: its imports,
+    twice the load measured here (a cold process compiles again), the timed second and a
+    few warm-up calls. Past that, it is reported as a timeout, not as a failure."""
+    config = candidate.config
+    floor = CHILD_OVERHEAD_S + 2 * candidate.load_s + CONFIRM_SECONDS + 5 * candidate.estimate_s
+    timeout = max(deadline - time.monotonic(), floor)
     command = [sys.executable, "-m", "runtimes.tune", "--bundle", str(root), "--confirm-child", json.dumps(config.as_dict())]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True,
-                              timeout=max(deadline - time.monotonic(), CHILD_OVERHEAD_S + CONFIRM_SECONDS))
-        return float(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"])
-    except (ValueError, KeyError, IndexError, subprocess.TimeoutExpired):
-        return None
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, (f"timed out in a fresh process after {timeout:.1f} s (its load took {candidate.load_s:.1f} s "
+                      "here); a larger --budget-s gives it time")
+    try:
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"]), ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        # its own error line, else a traceback's last line (the exception), else its first line
+        said = next((line for line in lines if line.startswith("error:")), None) or \
+            (lines[-1] if lines and lines[0].startswith("Traceback") else lines[0] if lines else "nothing on stderr")
+        return None, f"failed in a fresh process (exit status {proc.returncode}): {said}"
 
 
 def _confirm_child(root: Path, config_dict: dict[str, Any]) -> int:
@@ -937,7 +993,7 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _markdown(record: dict[str, Any], path: Path) -> str:
+def _markdown(record: dict[str, Any], path: Path, written: bool = True) -> str:
     device = record["device"]
     lines = [f"{device['cpu']} ({', '.join(device['cpu_flags'])}), {device['cores']} cores"
              + (f", GPU {', '.join(device['gpu'])}" if device["gpu"] else "")
@@ -973,9 +1029,9 @@ def _markdown(record: dict[str, Any], path: Path) -> str:
             why = "no candidate gives PyTorch's answers here"
         else:
             why = "no candidate could run here"
-        lines.append(f"no choice: {why}; the evidence is in {path}")
+        lines.append(f"no choice: {why}; " + (f"the evidence is in {path}" if written else f"{path} was kept"))
     else:
-        lines.append(f"choice: {_label(choice)}; written to {path}")
+        lines.append(f"choice: {_label(choice)}; " + (f"written to {path}" if written else f"not written: {path} was kept"))
         speedup = record["speedup_vs_default"]
         if speedup and speedup.get("ratio"):
             ci = speedup.get("ci")
