@@ -11,7 +11,9 @@ with one row per input (parquet: path, label, labels, probs, class_index, error,
 preprocess; jsonl: the line ``runtimes.run --json`` prints, byte for byte) and
 ``_manifest.json``, written last: a finished run has one, a crashed run has no OUTPUT.
 The folder is written beside OUTPUT and renamed into place at the end; ``--mode create``
-(the default) refuses an existing OUTPUT, ``overwrite`` replaces it whole.
+(the default) refuses an existing OUTPUT, ``overwrite`` replaces it whole, but only when it is
+empty or an earlier output of this tool (its ``_manifest.json`` and the parts it names); an
+OUTPUT that is, holds or lies inside INPUT is refused in either mode.
 
 Exactly once, checked: the driver writes every row itself, drops a row Ray delivers twice,
 and compares the paths written with the input list. Inputs that a crashed process took
@@ -288,8 +290,8 @@ def _check_output(out: Path, args) -> None:
         return
     check_apart(out, inputs)
     if out.exists() or out.is_symlink():
-        raise ToolkitError(f"{out} exists; a run never appends to another: --mode overwrite replaces it whole, "
-                           "or give a new OUTPUT")
+        raise ToolkitError(f"{out} exists; a run never appends to another: --mode overwrite replaces an earlier "
+                           "output whole, or give a new OUTPUT")
 
 
 def _output_files(out: Path) -> set[str] | None:
@@ -443,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                              "and the actors are GPUs, or photos are large and nodes many; costs the tensors' memory")
     parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
     parser.add_argument("--mode", choices=("create", "overwrite"), default="create",
-                        help="create refuses an existing OUTPUT (default); overwrite replaces it whole")
+                        help="create refuses an existing OUTPUT (default); overwrite replaces an empty one or an earlier "
+                             "output of this tool, whole")
     parser.add_argument("--max-crash-retries", type=int, default=1,
                         help="restarts of a crashed actor, and retries of its block, before its inputs go "
                              "one at a time to a rescue process (default: 1)")

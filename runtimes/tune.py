@@ -89,6 +89,7 @@ class Candidate:
     labelled: dict[str, Any] | None = None
     times: list[float] = field(default_factory=list)  # seconds of the screen's and the gate's timed calls
     load_s: float = 0.0  # seconds to load it here (a fresh process's confirmation is sized from it)
+    versus: str = ""  # for one not separated from the choice: how it compares, in words
     located: str | None = None  # for a rejected candidate: runtimes.diverge's verdict line
     runner: Any = None
     entrant: Any = None  # runtimes.race.Entrant once it races
@@ -240,7 +241,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         runners = stack.enter_context(contextlib.ExitStack())  # every loaded session, closed at the end
         gate_deadline = deadline - _reserve_s(pairs) - 0.2 * args.budget_s
         _screen_all(candidates, opened, reference, runners, gate_deadline, progress, args)
-        _gate_leaders(candidates, opened, reference, runners, gate_deadline, progress, args)
+        _gate_leaders(candidates, opened, reference, runners, (gate_deadline, deadline - _reserve_s(pairs)), progress, args)
         if labelled is not None:
             progress.step(f"labelled: {labelled['images']} images against fp32")
             _labelled_check(candidates, labelled, args.max_drop, opened)
@@ -251,8 +252,8 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
         if labelled is not None:
             _labelled_check(candidates, labelled, args.max_drop, opened)
         late = [c for c in candidates if c.status == "passed" and c not in racing]
-        if not racing and late:  # none passed before the race: the fastest gated after it, by the gate's timing
-            racing = _leaders(late, args)
+        if late and race.rounds == 0:  # the race measured nothing: all by the screen's and the gate's timing
+            racing = _leaders(racing + late, args)
             late = [c for c in late if c not in racing]
             race = _race(racing, args, time.monotonic(), progress)
         for c in late:
@@ -507,9 +508,12 @@ def _screen_all(candidates: list[Candidate], opened, reference, runners, until: 
             c.status, c.reason = "rejected", f"failed in the screen: {exc}"
 
 
-def _gate_leaders(candidates: list[Candidate], opened, reference, runners, until: float, progress: Progress, args) -> None:
+def _gate_leaders(candidates: list[Candidate], opened, reference, runners, until: tuple[float, float],
+                  progress: Progress, args) -> None:
     """The whole gate for the screened candidates in order of cost, up to the first two that pass
-    and every one within LEAD_FACTOR of the fastest that passes; the rest wait (``_gate_the_rest``)."""
+    and every one within LEAD_FACTOR of the fastest that passes; the rest wait (``_gate_the_rest``).
+    ``until``: (when gating should end, when it must): the first two may use the race's time,
+    for a race without its leaders would decide nothing."""
     best: Candidate | None = None
     passed = 0
     rows = sum(len(x) for x in reference.inputs) + len(reference.images)
@@ -517,7 +521,8 @@ def _gate_leaders(candidates: list[Candidate], opened, reference, runners, until
         if passed >= 2 and _cost(c, args) > LEAD_FACTOR * _cost(best, args):
             break
         progress.step(f"gate: {c.config.label()}")
-        if time.monotonic() + 1.5 * rows / c.config.batch_size * c.estimate_s > until:
+        limit = until[0] if passed >= 2 else until[1]
+        if time.monotonic() + 1.5 * rows / c.config.batch_size * c.estimate_s > limit:
             break
         _gate(c, opened, reference, runners)
         if c.status == "passed":
@@ -533,9 +538,18 @@ def _leaders(passing: list[Candidate], args) -> list[Candidate]:
 
 
 def _not_raced(candidate: Candidate, leader: Candidate, args) -> None:
-    candidate.status = "eliminated"
-    candidate.reason = (f"passed the gate; {_cost(candidate, args) / _cost(leader, args):.2f}x the cost of "
-                        f"{leader.config.label()} in the screen (more than {LEAD_FACTOR:g}x): not raced")
+    """A candidate gated after the race: eliminated when its fastest call was more than LEAD_FACTOR
+    times the fastest racer's, else undecided (the race never measured it against the choice)."""
+    r = _cost(candidate, args) / _cost(leader, args)
+    candidate.versus = f"{r:.2f}x by their fastest calls, not raced"
+    if r > LEAD_FACTOR:
+        candidate.status = "eliminated"
+        candidate.reason = (f"passed the gate; {r:.2f}x the cost of {leader.config.label()} in the screen (more than "
+                            f"{LEAD_FACTOR:g}x): not raced")
+    else:
+        candidate.status = "undecided"
+        candidate.reason = (f"passed the gate after the race, with its fastest call {r:.2f}x that of "
+                            f"{leader.config.label()}: not raced, so not separated from it")
 
 
 def _gate_the_rest(candidates: list[Candidate], opened, reference, runners, until: float, progress: Progress,
@@ -780,7 +794,7 @@ def _decide(racing: list[Candidate], others: list[Candidate], race, args, provid
         if within(c, choice):
             c.status, c.reason = "tied", f"within {args.min_gain:g} of the choice: {shown}"
         else:
-            c.status = "undecided"
+            c.status, c.versus = "undecided", shown
             c.reason = f"not separated from the choice when the race stopped ({race.stopped_because}): {shown}"
 
     def rank(c: Candidate) -> tuple:
@@ -811,10 +825,10 @@ def _evidence_warnings(candidates: list[Candidate], race, args) -> list[str]:
     chosen = next((c for c in candidates if c.status == "chosen"), None)
     undecided = [c for c in candidates if c.status == "undecided"]
     if chosen is not None and undecided:
-        shown = "; ".join(f"{c.config.label()} {c.reason.rsplit(': ', 1)[1]}" for c in undecided)
+        shown = "; ".join(f"{c.config.label()}: {c.versus}" for c in undecided)
         warnings.append(f"undecided between {chosen.config.label()} and {len(undecided)} other"
-                        f"{'s' if len(undecided) > 1 else ''} after {race.rounds} rounds ({shown} of the choice's time): "
-                        f"the fastest so far is the choice; a larger --budget-s separates them")
+                        f"{'s' if len(undecided) > 1 else ''} after {race.rounds} rounds (their time over the choice's: "
+                        f"{shown}); the fastest so far is the choice; a larger --budget-s separates them")
     return warnings + _busy_warnings(race)
 
 

@@ -16,7 +16,7 @@ def bundle_cache(tmp_path_factory) -> Path:
     commands the tests start inherit it."""
     import os
 
-    from runtimes.bundle import CACHE_ENV
+    from runtimes.tarball import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("bundle-cache")
     previous = os.environ.get(CACHE_ENV)

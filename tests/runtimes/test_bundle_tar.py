@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import runtimes.bundle as bundle_module
+import runtimes.tarball as tarball_module
 from deploy.bundle import build_bundle
-from runtimes.bundle import CACHE_ENTRIES, CACHE_ENV, EXTRACTED, MANIFEST, MAX_MEMBERS, open_bundle, sha256_file
+from runtimes.bundle import MANIFEST, open_bundle, sha256_file
+from runtimes.tarball import CACHE_ENTRIES, CACHE_ENV, EXTRACTED, MAX_MEMBERS
 from runtimes.errors import BundleError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,13 +47,13 @@ def made(demo_export, demo_int8, tmp_path_factory) -> tuple[Path, Path]:
 def extractions(monkeypatch) -> list[Path]:
     """The folders the bundle module unpacks into, one per extraction."""
     seen = []
-    unpack = bundle_module._unpack
+    unpack = tarball_module.unpack
 
     def counting(tarball, fh, into):
         seen.append(into)
         return unpack(tarball, fh, into)
 
-    monkeypatch.setattr(bundle_module, "_unpack", counting)
+    monkeypatch.setattr(tarball_module, "unpack", counting)
     return seen
 
 
@@ -146,7 +147,7 @@ def test_a_genuine_bundle_is_far_inside_the_caps(made, capsys):
     with capsys.disabled():
         print(f"\ngenuine fp32+int8 bundle: {len(members)} members, {total / 1e6:.1f} MB unpacked, "
               f"{tarball.stat().st_size / 1e6:.1f} MB .tar.gz")
-    assert len(members) * 10 < MAX_MEMBERS and total * 10 < bundle_module.MAX_TOTAL_BYTES
+    assert len(members) * 10 < MAX_MEMBERS and total * 10 < tarball_module.MAX_TOTAL_BYTES
     sizes = json.loads((folder / MANIFEST).read_text())["sizes"]
     assert sizes == {m.name.removeprefix("gnet/"): m.size for m in members if m.isfile() and m.name != f"gnet/{MANIFEST}"}
 
@@ -198,13 +199,13 @@ def test_a_bundle_json_without_sizes_is_still_read(made, tmp_path):
 
 
 def test_an_oversized_bundle_json_is_refused_before_it_is_parsed(made, tmp_path):
-    padded = _edited_manifest(made[1], lambda m: None).ljust(bundle_module.MAX_MANIFEST_BYTES + 1, b" ")
+    padded = _edited_manifest(made[1], lambda m: None).ljust(tarball_module.MAX_MANIFEST_BYTES + 1, b" ")
     tarball = _repack(made[1], tmp_path / "fat.tar.gz", replace={f"gnet/{MANIFEST}": padded})
-    _refused(tarball, rf"gnet/bundle.json is {len(padded)} bytes, more than the {bundle_module.MAX_MANIFEST_BYTES}")
+    _refused(tarball, rf"gnet/bundle.json is {len(padded)} bytes, more than the {tarball_module.MAX_MANIFEST_BYTES}")
 
 
 def test_the_total_size_cap_holds(made, monkeypatch):
-    monkeypatch.setattr(bundle_module, "MAX_TOTAL_BYTES", 10_000_000)
+    monkeypatch.setattr(tarball_module, "MAX_TOTAL_BYTES", 10_000_000)
     _refused(made[1], r"gnet/models/\S+ \(\d+ bytes\) takes the bundle past 10000000 bytes unpacked")
 
 
@@ -302,17 +303,17 @@ def test_an_unwritable_cache_falls_back_to_a_temp_folder(made, tmp_path, monkeyp
 
 def test_losing_the_race_to_another_extraction_uses_the_winners(made, cache, monkeypatch):
     """Another open finishes its extraction while this one is unpacking: this one's is dropped."""
-    unpack, roots = bundle_module._unpack, []
+    unpack, roots = tarball_module.unpack, []
 
     def racing(tarball, fh, into):
         top = unpack(tarball, fh, into)
         if not roots:
-            monkeypatch.setattr(bundle_module, "_unpack", unpack)
+            monkeypatch.setattr(tarball_module, "unpack", unpack)
             with open_bundle(tarball) as other:  # the winner
                 roots.append(other.root)
         return top
 
-    monkeypatch.setattr(bundle_module, "_unpack", racing)
+    monkeypatch.setattr(tarball_module, "unpack", racing)
     with open_bundle(made[1]) as opened:
         assert opened.root == roots[0] and list(opened.models) == ["fp32", "int8"]
     assert [p.name for p in cache.iterdir()] == [sha256_file(made[1])]
