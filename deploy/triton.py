@@ -115,6 +115,8 @@ def write_repository(
         )
     config = model_config(spec, name=name, max_batch=max_batch or DEFAULT_MAX_BATCH, instances=instances, gpu=gpu,
                           tensorrt_fp16=tensorrt_fp16, fixed_batch=fixed)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} exists and is not a folder; give a model repository folder")
     check_replaceable(out / name, [model], what="an earlier deploy.triton model folder", files_of=_own_files)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))

@@ -273,3 +273,10 @@ def test_triton_refuses_a_name_that_is_not_a_plain_folder(demo_export, tmp_path,
     before = _snapshot(tmp_path)
     _refused(_triton(demo_export, tmp_path / "repo", "--name", name), "must be a plain folder name")
     assert _snapshot(tmp_path) == before
+
+
+def test_triton_refuses_an_out_that_is_a_file(demo_export, tmp_path):
+    """--out naming an existing file is one line, not a traceback from mkdir, and the file stays."""
+    (tmp_path / "repo").write_text("mine\n")
+    _refused(_triton(demo_export, tmp_path / "repo"), "exists and is not a folder")
+    assert (tmp_path / "repo").read_text() == "mine\n"
