@@ -137,11 +137,23 @@ def _as_numpy(tensor: InferInput) -> np.ndarray:
 
 
 def _fp32_values(tensor: InferInput) -> np.ndarray:
-    """An FP32 tensor as an array; raw data must be exactly 4 bytes per declared element."""
+    """An FP32 tensor as an array of finite numbers; raw data must be exactly 4 bytes per declared
+    element, and JSON data numbers, not strings or booleans (numpy would read "nan" as NaN, and
+    the answer would be null logits)."""
     raw = tensor._raw_data
     if raw is not None and len(raw) != 4 * math.prod(tensor.shape):
         raise _mismatch(tensor, f"FP32 needs {4 * math.prod(tensor.shape)} bytes, the request carries {len(raw)}")
-    return np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
+    if raw is None and tensor.data is not None and len(tensor.data):
+        kind = np.asarray(tensor.data).dtype.kind  # a string anywhere makes every element one
+        if kind in "fiu" and any(type(v) is bool for v in np.asarray(tensor.data, dtype=object).ravel()):
+            kind = "b"  # JSON true among numbers: numpy reads it as 1.0
+        if kind not in "fiu":
+            what = {"U": "strings", "S": "strings", "b": "booleans"}.get(kind, "values that are not all numbers")
+            raise InvalidInput(f"input {tensor.name!r}: FP32 data must be numbers; the request sends {what}")
+    values = np.ascontiguousarray(_as_numpy(tensor), dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise InvalidInput(f"input {tensor.name!r}: FP32 data holds NaN or Inf; send finite numbers")
+    return values
 
 
 def split_bytes(raw: bytes | memoryview, count: int) -> list[bytes | memoryview]:

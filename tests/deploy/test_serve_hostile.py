@@ -207,6 +207,36 @@ def test_list_valued_parameters_get_a_400(hostile_server, encoding):
     assert "parameters" in response.json()["error"] and "object" in response.json()["error"]
 
 
+@pytest.mark.parametrize("values, says", [
+    (["nan"], "must be numbers; the request sends strings"),
+    (["1.0"], "must be numbers; the request sends strings"),
+    ([True], "must be numbers; the request sends booleans"),
+    ([float("nan")], "holds NaN or Inf"),
+    ([float("inf")], "holds NaN or Inf"),
+], ids=["nan-string", "number-string", "boolean", "nan", "inf"])
+def test_fp32_values_that_are_not_finite_numbers_get_a_400(hostile_server, values, says):
+    """The review's case: "nan" as a JSON string was read as NaN and answered null logits with a
+    200. Strings, booleans and non-finite numbers are a 400 that says why."""
+    data = seeded_batch(1).ravel().tolist()
+    data[: len(values)] = values
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": data}]})
+    response = httpx.post(f"http://{hostile_server.http}/v2/models/googlenet/infer", content=body.encode(),
+                          headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"], response.text
+
+
+def test_a_nan_over_grpc_is_invalid_argument(hostile_server):
+    """gRPC carries FP32 as floats: a NaN among them is INVALID_ARGUMENT, not null logits."""
+    batch = seeded_batch(1)
+    batch[0, 0, 0, 0] = np.nan
+    tensor = grpcclient.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    with pytest.raises(InferenceServerException) as error:
+        grpcclient.InferenceServerClient(hostile_server.grpc).infer("googlenet", [tensor])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT" and "NaN or Inf" in error.value.message()
+
+
 def _new_log(server, since: int) -> list[str]:
     time.sleep(0.2)  # the server logs before it answers; leave the write a moment anyway
     return server.log_text()[since:].splitlines()
@@ -288,3 +318,4 @@ def test_a_runtime_failure_at_inference_is_a_server_fault_in_one_line(batch_one_
     failures = [line for line in lines if " ERROR " in line]
     assert len(failures) == 1 and "cannot run" in failures[0], lines
     assert not [line for line in lines if "Traceback" in line], lines
+

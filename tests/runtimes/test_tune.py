@@ -377,24 +377,22 @@ def test_not_separated_is_undecided_and_the_leader_stands():
     assert choice is leader and other.status == "undecided", other.reason
 
 
-def test_a_run_with_less_evidence_keeps_the_file_unless_forced(tuned_bundle, tmp_path):
+def test_a_run_with_less_evidence_keeps_the_file_unless_forced(tuned_bundle, tmp_path, capsys):
     """A short run does not replace a tuned.json for the same bundle and device that gated more
     candidates; it says which file it kept, and --force replaces it."""
     folder = Path(shutil.copytree(tuned_bundle, tmp_path / "gnet"))
     before = (folder / "tuned.json").read_bytes()
-    flags = ["--bundle", str(folder), "--providers", "cpu", "--precisions", "fp32", "--threads", "2", "--budget-s", "3"]
-    short = subprocess.run([sys.executable, "-m", "runtimes.tune", *flags], cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
-    assert short.returncode == 0, short.stderr
-    kept = [line for line in short.stderr.splitlines() if line.startswith("kept ")]
+    flags = ["--bundle", str(folder), "--providers", "cpu", "--precisions", "fp32", "--threads", "2", "--budget-s", "2"]
+    assert tune.main(flags) == 0
+    short = capsys.readouterr()
+    kept = [line for line in short.err.splitlines() if line.startswith("kept ")]
     assert kept == [f"kept {folder / 'tuned.json'}: it holds more evidence for this bundle and device "
                     f"({tune._evidence(json.loads(before))[0]} candidates gated, "
                     f"{json.loads(before)['protocol']['rounds']} race rounds, against this run's 1 and 0); this "
-                    "run's choice is not written (--force replaces it)"], short.stderr
-    assert "not written" in short.stdout and (folder / "tuned.json").read_bytes() == before
-    forced = subprocess.run([sys.executable, "-m", "runtimes.tune", *flags, "--force"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
-    assert forced.returncode == 0 and "kept " not in forced.stderr, forced.stderr
+                    "run's choice is not written (--force replaces it)"], short.err
+    assert "not written" in short.out and (folder / "tuned.json").read_bytes() == before
+    assert tune.main([*flags, "--force"]) == 0
+    assert "kept " not in capsys.readouterr().err
     assert json.loads((folder / "tuned.json").read_text())["choice"]["precision"] == "fp32"
 
 

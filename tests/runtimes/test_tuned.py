@@ -270,11 +270,25 @@ FORGERY_IDS = ["never-gated", "gate-failed", "fallback-never-gated", "provider-l
 
 
 @pytest.mark.parametrize("forge", FORGERIES, ids=FORGERY_IDS)
-def test_a_choice_without_gated_evidence_is_refused(copy, default_stdout, forge):
+def test_a_choice_without_gated_evidence_is_refused(copy, forge):
     """tuned.json is evidence: a choice or fallback that its own candidates do not show passing the
-    gate, on a provider and precision the bundle runs, within the tuner's bounds, is one warning
-    naming why, and the bundle's default runs as it did without tuned.json."""
-    record = edit_tuned(copy, lambda r: r.update(forged=forge(r)))
+    gate, on a provider and precision the bundle runs, within the tuner's bounds, is refused with
+    the reason (what run, verify and serve print as their one warning; the next test runs one)."""
+    from runtimes.bundle import open_bundle
+    from runtimes.tuned import read_tuned
+
+    record = json.loads((copy / "tuned.json").read_text())
+    expected = forge(record)
+    (copy / "tuned.json").write_text(json.dumps(record))
+    with open_bundle(copy) as opened:
+        tuned, why = read_tuned(copy, opened)
+    assert tuned is None and why.startswith("it names") and expected in why, why
+
+
+def test_a_forged_choice_is_one_warning_and_the_default_runs(copy, default_stdout):
+    """End to end, through runtimes.run: one warning naming why, then the bundle's default, as
+    without tuned.json."""
+    record = edit_tuned(copy, lambda r: r.update(forged=_batch_unbounded(r)))
     result = classify(copy)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     warnings = lines(result.stderr, "warning:")
