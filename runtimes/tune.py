@@ -355,12 +355,9 @@ def _screen(candidate: Candidate, opened, reference, runners: contextlib.ExitSta
     (wrong answers) or skipped (cannot run here)."""
     from runtimes.adapters import create_runner
     from runtimes.errors import NonFiniteError
-    from runtimes.reference import replay
-    from runtimes.tolerances import for_precision
 
     config = candidate.config
     model = opened.model(config.model_precision)
-    tol = for_precision(config.tolerance_precision)
     started = time.monotonic()
     runner = create_runner(config.provider, model.path, model.spec, batch_size=config.batch_size, **config.options())
     try:
@@ -372,60 +369,55 @@ def _screen(candidate: Candidate, opened, reference, runners: contextlib.ExitSta
         candidate.status, candidate.reason = "skipped", f"cannot run here: {exc}"
         return
     candidate.load_s = time.monotonic() - started
-    try:
-        checks = replay(runner, reference.subset(0), tol, config.batch_size)
-        if all(c.passed for c in checks):
-            candidate.times += _timed(runner, config, SCREEN_CALLS)
-    except ToolkitError as exc:
-        runner.close()
-        candidate.status = "rejected" if isinstance(exc, NonFiniteError) else "skipped"
-        candidate.reason = f"failed in the screen: {exc}"
-        return
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        runner.close()
-        candidate.gate = _gate_record(checks, tol, started)
-        candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
-        candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
-        return
-    candidate.status, candidate.runner = "screened", runner
-    runners.callback(runner.close)
+    if _replay(candidate, runner, opened, reference, reference.subset(0), SCREEN_CALLS, "screen", started):
+        candidate.status, candidate.runner = "screened", runner
+        runners.callback(runner.close)
 
 
 def _gate(candidate: Candidate, opened, reference, runners: contextlib.ExitStack) -> None:
     """Replay the whole reference through ``candidate`` (screened first, if it was not); its status
     becomes passed, rejected (wrong answers) or skipped (cannot run here)."""
-    from runtimes.errors import NonFiniteError
-    from runtimes.reference import replay
-    from runtimes.tolerances import for_precision
-
     if candidate.runner is None:
         _screen(candidate, opened, reference, runners)
     if candidate.status != "screened":
         return
-    config, runner = candidate.config, _loaded(candidate)
+    runner = _loaded(candidate)
+    if not _replay(candidate, runner, opened, reference, reference, 3, "gate", time.monotonic()):
+        return
+    candidate.status, candidate.reason = "passed", ""
+    if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
+        runner.close()
+
+
+def _replay(candidate: Candidate, runner, opened, reference, rows, calls: int, stage: str, started: float) -> bool:
+    """Replay ``rows`` (the reference or a part of it) through ``runner`` and, if every check
+    passes, time ``calls`` calls. False when that rejected the candidate (wrong answers, a NaN) or
+    skipped it (it failed to run), with its runner closed; the gate's checks are its record."""
+    from runtimes.errors import NonFiniteError
+    from runtimes.reference import replay
+    from runtimes.tolerances import for_precision
+
+    config = candidate.config
     tol = for_precision(config.tolerance_precision)
-    started = time.monotonic()
     try:
-        checks = replay(runner, reference, tol, config.batch_size)
+        checks = replay(runner, rows, tol, config.batch_size)
         if all(c.passed for c in checks):
-            candidate.times += _timed(runner, config, 3)
+            candidate.times += _timed(runner, config, calls)
     except ToolkitError as exc:
         runner.close()
         candidate.status = "rejected" if isinstance(exc, NonFiniteError) else "skipped"
-        candidate.reason = f"failed in the gate: {exc}"
-        return
+        candidate.reason = f"failed in the {stage}: {exc}"
+        return False
     failed = [c for c in checks if not c.passed]
-    candidate.gate = _gate_record(checks, tol, started)
+    if failed or stage == "gate":
+        candidate.gate = _gate_record(checks, tol, started)
     if failed:
         runner.close()
         candidate.status, candidate.reason = "rejected", _parity_reason(failed[0], tol)
         model = opened.model(config.model_precision)
         candidate.located = _locate(config, opened, model, reference, checks, runner.spec)
-        return
-    candidate.status, candidate.reason = "passed", ""
-    if _available_memory() < MIN_FREE_MEMORY:  # reloaded around each of its blocks instead
-        runner.close()
+        return False
+    return True
 
 
 def _timed(runner, config, calls: int) -> list[float]:

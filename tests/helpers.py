@@ -1,8 +1,10 @@
 """What several test modules share: runtime parameters that skip with their reason, tiny
-hand-built models, and model files derived from an export (an fp16 variant, a perturbed copy)."""
+hand-built models, model files derived from an export (an fp16 variant, a perturbed copy), and a
+snapshot of a folder that a refusal must leave alone."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -63,3 +65,14 @@ def save_perturbed_copy(model_path: Path, out: Path) -> Path:
     onnx.save(perturb_fc_bias(onnx.load(str(model_path))), str(out))
     shutil.copyfile(reference_path_for(model_path), reference_path_for(out))
     return out
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under ``folder``: file bytes, link targets, folders; what a refusal must leave alone."""
+    seen = {}
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(top, name)
+            rel = path.relative_to(folder).as_posix()
+            seen[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
+    return seen

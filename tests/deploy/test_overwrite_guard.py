@@ -9,7 +9,6 @@ output being replaced is ``tests/deploy/test_batch.py``'s overwrite test.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from runtimes.errors import ToolkitError
 from samples.generate import IMAGES_DIR
+from tests.helpers import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 def _cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _snapshot(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under ``folder``: file bytes, link targets, folders."""
-    seen = {}
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(top, name)
-            rel = path.relative_to(folder).as_posix()
-            seen[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
-    return seen
 
 
 def _refused(proc: subprocess.CompletedProcess, says: str) -> None:
@@ -88,10 +77,10 @@ def _earlier_batch_output(out: Path) -> Path:
 
 def test_batch_overwrite_refuses_a_folder_of_user_files(demo_export, photos, tmp_path):
     out = _user_files(tmp_path / "results")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _batch(demo_export, str(photos), out, "--mode", "overwrite")
     _refused(proc, f"{out} exists and is not an earlier deploy.batch output, nor empty")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("mode", ["overwrite", "create"])
@@ -114,9 +103,9 @@ def test_batch_refuses_an_output_that_is_holds_or_lies_in_its_input(demo_export,
     given = f"file://{photos}" if given == "file://photos" else str(work / given)
     if where == "photos/results" and mode == "overwrite":
         _earlier_batch_output(out)  # even an earlier output of its own, when it lies in the input
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     _refused(_batch(demo_export, given, out, "--mode", mode), says)
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("extra", ["notes.txt", ".DS_Store", "link", "part-00001.jsonl", "sub/"])
@@ -130,20 +119,20 @@ def test_batch_overwrite_refuses_an_earlier_output_holding_anything_more(demo_ex
         (out / "sub" / "mine.txt").write_text("mine\n")
     else:
         (out / extra).write_text("the user's\n")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _batch(demo_export, str(photos), out, "--mode", "overwrite")
     _refused(proc, f"is not an earlier deploy.batch output: {extra.rstrip('/')} is not one of its files")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_batch_overwrite_refuses_a_manifest_that_lists_a_file_inside_output(demo_export, photos, tmp_path):
     out = _earlier_batch_output(tmp_path / "results")
     listed = photos.parent / "list.txt"
     listed.write_text(listed.read_text() + f"{out / 'part-00000.jsonl'}\n")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _batch(demo_export, str(listed), out, "--mode", "overwrite")
     _refused(proc, f"the input {out / 'part-00000.jsonl'} lies inside OUTPUT {out}")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_batch_input_roots():
@@ -173,10 +162,10 @@ def _bundle_files(folder: Path) -> set[str]:
 
 def test_bundle_refuses_a_folder_of_user_files(demo_export, tmp_path):
     out = _user_files(tmp_path / "photos")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _cli("deploy.bundle", "--model", str(demo_export.path), "--out", str(out))
     _refused(proc, f"{out} exists and is not a bundle, nor empty")
-    assert _snapshot(tmp_path) == before  # no photos.tar.gz either
+    assert snapshot(tmp_path) == before  # no photos.tar.gz either
 
 
 @pytest.mark.parametrize("extra", ["notes.txt", "models/mine.onnx", ".venv/"])
@@ -188,19 +177,19 @@ def test_bundle_refuses_an_earlier_bundle_holding_anything_more(demo_export, ear
         (out / extra / "pyvenv.cfg").write_text("home = /usr/bin\n")
     else:
         (out / extra).write_text("the user's\n")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _cli("deploy.bundle", "--model", str(demo_export.path), "--out", str(out))
     _refused(proc, f"{out} exists and is not a bundle: {extra.rstrip('/')} is not one of its files")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_bundle_refuses_the_folder_holding_its_model(demo_export):
     from deploy.bundle import build_bundle
 
-    before = _snapshot(demo_export.path.parent)
+    before = snapshot(demo_export.path.parent)
     with pytest.raises(ToolkitError, match="holds the input"):
         build_bundle(demo_export.path, demo_export.path.parent)
-    assert _snapshot(demo_export.path.parent) == before
+    assert snapshot(demo_export.path.parent) == before
 
 
 def test_bundle_replaces_an_earlier_bundle_and_its_tuned_json(demo_export, earlier_bundle, tmp_path):
@@ -225,9 +214,9 @@ def _triton(demo_export, repo: Path, *flags: str) -> subprocess.CompletedProcess
 
 def test_triton_refuses_a_folder_of_user_files(demo_export, tmp_path):
     _user_files(tmp_path / "repo" / "googlenet")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     _refused(_triton(demo_export, tmp_path / "repo"), "exists and is not an earlier deploy.triton model folder, nor empty")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("change, says", [
@@ -247,9 +236,9 @@ def test_triton_refuses_its_earlier_output_changed(demo_export, tmp_path, change
     else:
         (folder / change).parent.mkdir(exist_ok=True)
         (folder / change).write_text("the user's\n")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     _refused(_triton(demo_export, tmp_path / "repo"), says)
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_triton_replaces_its_earlier_output(demo_export, tmp_path):
@@ -270,9 +259,9 @@ def test_triton_replaces_its_earlier_output(demo_export, tmp_path):
 @pytest.mark.parametrize("name", ["..", ".", "a/b"])
 def test_triton_refuses_a_name_that_is_not_a_plain_folder(demo_export, tmp_path, name):
     (tmp_path / "repo").mkdir()
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     _refused(_triton(demo_export, tmp_path / "repo", "--name", name), "must be a plain folder name")
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_triton_refuses_an_out_that_is_a_file(demo_export, tmp_path):

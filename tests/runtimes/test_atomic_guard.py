@@ -13,6 +13,7 @@ import pytest
 
 from runtimes.atomic import OutputRefused, check_replaceable
 from runtimes.errors import ToolkitError
+from tests.helpers import snapshot
 
 OURS = {"record.json", "part-0.jsonl", "models/a.onnx"}
 
@@ -29,24 +30,13 @@ def _earlier(folder: Path) -> Path:
     return folder
 
 
-def _snapshot(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under ``folder``: file bytes, link targets, folders; what a refusal must leave alone."""
-    seen = {}
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(top, name)
-            rel = path.relative_to(folder).as_posix()
-            seen[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
-    return seen
-
-
 def _refused(out: Path, inputs=(), root: Path | None = None, **kwargs) -> str:
     """The one-line refusal; nothing under ``root`` (default: the folder holding ``out``) changed."""
     root = root or out.resolve().parent
-    before = _snapshot(root)
+    before = snapshot(root)
     with pytest.raises(OutputRefused) as caught:
         check_replaceable(out, inputs, what="an earlier stand-in output", **kwargs)
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
     message = str(caught.value)
     assert "\n" not in message and isinstance(caught.value, ToolkitError)  # a user error: one `error:` line, exit 2
     return message
