@@ -24,7 +24,7 @@ from runtimes.bundle import open_bundle
 from runtimes.cli import EXIT_PARITY_FAILED
 from runtimes.reference import Reference
 from runtimes.tuned import Configuration
-from runtimes import tune
+from runtimes import tune, tune_gate, tune_report
 from tests.runtimes.sabotage import FastWrongRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +82,8 @@ def test_the_top_two_classes_swapped_on_one_image_is_rejected_in_the_gate(bundle
     with open_bundle(bundle) as opened, contextlib.ExitStack() as runners:
         reference = Reference.load(opened.reference)
         for precision in ("fp32", "int8"):
-            candidate = tune.Candidate(Configuration("fastwrong", precision, 1, 2))
-            tune._gate(candidate, opened, reference, runners)
+            candidate = tune_gate.Candidate(Configuration("fastwrong", precision, 1, 2))
+            tune_gate.gate(candidate, opened, reference, runners)
             assert candidate.status == "rejected" and candidate.reason.startswith("18 images:"), candidate.reason
     assert candidate.estimate_s < 1e-3, "answering from its cache, it would have been the fastest"
 
@@ -141,8 +141,8 @@ def test_the_int8_gate_passes_exactly_at_97_percent_and_rejects_just_past_it(bun
                 order = np.argsort(logits[row])
                 logits[row, [order[-1], order[-2]]] = logits[row, [order[-2], order[-1]]]
             reference = Reference(base.inputs, base.input_logits, names, images, logits)
-            results[disagreeing] = candidate = tune.Candidate(Configuration("cpu", "int8", 1, 2))
-            tune._gate(candidate, opened, reference, runners)
+            results[disagreeing] = candidate = tune_gate.Candidate(Configuration("cpu", "int8", 1, 2))
+            tune_gate.gate(candidate, opened, reference, runners)
     at, past = results[3], results[4]
     assert at.status == "passed", at.reason
     assert at.gate["checks"][-1]["name"] == "100 images" and at.gate["checks"][-1]["top1_agreement"] == 0.97
@@ -191,9 +191,9 @@ def test_a_machine_that_turns_busy_halfway_does_not_flip_a_clear_ranking_and_war
 
     with open_bundle(bundle) as opened, contextlib.ExitStack() as runners:
         reference = Reference.load(opened.reference)
-        candidates = [tune.Candidate(Configuration("cpu", p, 1, 1)) for p in ("fp32", "int8")]
+        candidates = [tune_gate.Candidate(Configuration("cpu", p, 1, 1)) for p in ("fp32", "int8")]
         for candidate in candidates:
-            tune._gate(candidate, opened, reference, runners)
+            tune_gate.gate(candidate, opened, reference, runners)
         try:
             race = tune._race(candidates, args, time.monotonic() + 20, tune.Progress(0), on_round)
         finally:
@@ -232,7 +232,7 @@ def test_labelled_images_bound_each_candidates_drop_against_fp32(bundle, capsys,
         assert labelled["images"] == 27 and labelled["detectable_points"] == pytest.approx(12.8, abs=0.1)
         assert labelled["drop_bound_points"] >= labelled["detectable_points"] - 1e-9 or labelled["gained"] > 0
     assert _by(record, "cpu", "fp32")["labelled"]["lost"] == 0
-    table = tune._markdown(record, bundle / "tuned.json")
+    table = tune_report.markdown(record, bundle / "tuned.json")
     assert "labelled: 27 images, compared with fp32 image by image; with no image differing they bound a drop " \
            "only to 12.8 points at 95%" in table
 
@@ -257,7 +257,7 @@ def test_user_errors_are_one_line_and_exit_2(tune_bundle, flags, message):
 
 def test_the_table_names_the_choice_and_its_speed_up_over_the_default(tuned_bundle):
     record = json.loads((tuned_bundle / "tuned.json").read_text())
-    table = tune._markdown(record, tuned_bundle / "tuned.json")
+    table = tune_report.markdown(record, tuned_bundle / "tuned.json")
     assert f"choice: {Configuration.from_dict(record['choice']).label()}" in table
     speedup = record["speedup_vs_default"]
     assert speedup["default"] == {"provider": "cpu", "precision": "fp32", "batch_size": 1, "threads": 2, "hint": None}
@@ -302,13 +302,13 @@ def test_the_plot_draws_a_bar_per_candidate_and_hatches_the_rejected(tuned_bundl
              "gate": {"passed": False, "seconds": 0.1, "checks": []}}
     record["candidates"].append(wrong)
     timed = [c for c in record["candidates"] if c.get("timing")]
-    fig = tune.figure(record)
+    fig = tune_report.figure(record)
     bars = fig.axes[0].patches
     assert len(bars) == len(timed) + 1
     assert [b.get_hatch() for b in bars].count("//") == 1
     texts = [t.get_text().strip() for t in fig.axes[0].texts]
     assert "rejected: 18 images: 3 logits outside atol" in texts and texts.count("chosen") == 1
-    tune._plot(record, tmp_path / "tune.png")
+    tune_report.plot(record, tmp_path / "tune.png")
     assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -329,11 +329,11 @@ def test_openvino_f16_is_tried_only_where_the_cpu_computes_in_fp16(flags, f16_ke
     assert any(d.configuration.precision == "f16" and "this CPU has no" in d.reason for d in dropped) == (not f16_kept)
 
 
-def _raced(config: Configuration, costs: list[float]) -> tune.Candidate:
+def _raced(config: Configuration, costs: list[float]) -> tune_gate.Candidate:
     """A candidate that passed and raced, with the given per-round costs."""
     from runtimes.race import Entrant
 
-    candidate = tune.Candidate(config, status="passed", times=[min(costs)], gate={"passed": True})
+    candidate = tune_gate.Candidate(config, status="passed", times=[min(costs)], gate={"passed": True})
     candidate.entrant = Entrant(config.label(), lambda: None, costs=list(costs), call_times=list(costs))
     return candidate
 
@@ -399,13 +399,13 @@ def test_a_run_with_less_evidence_keeps_the_file_unless_forced(tuned_bundle, tmp
 def test_a_confirming_childs_failure_says_why_and_a_timeout_says_timeout(tune_bundle, monkeypatch):
     """A fresh process that fails is reported with its own error line; one that overruns its floor,
     sized from the candidate's measured load, as a timeout."""
-    wrong = tune.Candidate(Configuration("cpu", "fp16", 1, 1), load_s=0.1, times=[0.01])  # no fp16 model in the bundle
+    wrong = tune_gate.Candidate(Configuration("cpu", "fp16", 1, 1), load_s=0.1, times=[0.01])  # no fp16 model in the bundle
     seconds, why = tune._child_seconds(tune_bundle, wrong, time.monotonic())
     assert seconds is None and why.startswith("failed in a fresh process (exit status 2): error: bundle "), why
     assert "has no fp16 model" in why
 
     monkeypatch.setattr(tune, "CHILD_OVERHEAD_S", 0.0)
     monkeypatch.setattr(tune, "CONFIRM_SECONDS", 0.0)
-    slow = tune.Candidate(Configuration("cpu", "fp32", 1, 1), load_s=0.1, times=[0.02])  # floor: 2 x 0.1 + 5 x 0.02
+    slow = tune_gate.Candidate(Configuration("cpu", "fp32", 1, 1), load_s=0.1, times=[0.02])  # floor: 2 x 0.1 + 5 x 0.02
     seconds, why = tune._child_seconds(tune_bundle, slow, time.monotonic())
     assert seconds is None and why.startswith("timed out in a fresh process after 0.3 s (its load took 0.1 s here)"), why
