@@ -16,6 +16,12 @@ to ``host`` (loopback by default in ``deploy.serve``). Its changes to kserve's s
 - gRPC requests go through kserve's servicer. grpc copies and parses each message on the
   event loop (0.2 s for 64 MB on the 2-core development machine), so ``max_body``, the
   gRPC message limit too, bounds that stall.
+- A slow sender is cut off (:func:`timed_http`): a request's headers must arrive within
+  ``header_timeout`` seconds of its first byte (or of the connection), and its body may
+  pause no longer than ``body_timeout`` between reads. Such a connection gets a 408 (if no
+  answer began) and is closed, with one WARNING line. uvicorn has no such deadline: a
+  connection that trickles its headers, or sends nothing, was held for as long as the
+  client liked.
 - A refused request (4xx, gRPC INVALID_ARGUMENT, NOT_FOUND) logs one WARNING line, and a
   runtime that fails while serving (a ``ToolkitError``, such as ``InferenceError``) is
   answered as the server's fault, HTTP 500 or gRPC INTERNAL, with its one-line message
@@ -322,12 +328,73 @@ class _HostGRPCServer(GRPCServer):
         await self._server.wait_for_termination()
 
 
-class HostModelServer(ModelServer):
-    """kserve's ModelServer with REST and gRPC on ``host``; bodies limited to ``max_body`` bytes, JSON to ``max_json``."""
+def timed_http(header_timeout: float, body_timeout: float):
+    """uvicorn's httptools protocol with a deadline for each request's headers and for each pause in
+    its body; a sender past one gets a 408 (when no answer began) and its connection is closed."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    def __init__(self, host: str, *, max_body: int, max_json: int, **kwargs) -> None:
+    class TimedHttp(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self, seconds: float, what: str, flag: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expired, seconds, what, flag)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm(header_timeout, "the request's headers", "--header-timeout-s")  # one that sends nothing too
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm(header_timeout, "the request's headers", "--header-timeout-s")
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._arm(body_timeout, "more of the request's body", "--body-timeout-s")
+
+        def on_body(self, body: bytes) -> None:
+            super().on_body(body)
+            self._arm(body_timeout, "more of the request's body", "--body-timeout-s")
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._disarm()
+
+        def _expired(self, seconds: float, what: str, flag: str) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self.flow.read_paused:  # the server has not taken what arrived: not the sender's delay
+                self._arm(seconds, what, flag)
+                return
+            client = "%s:%d" % self.client if self.client else "a client"
+            logger.warning("refused %s: 408 %s did not arrive within %g s (%s); connection closed",
+                           client, what, seconds, flag)
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+
+    return TimedHttp
+
+
+class HostModelServer(ModelServer):
+    """kserve's ModelServer with REST and gRPC on ``host``; bodies limited to ``max_body`` bytes, JSON to
+    ``max_json``; a slow sender cut off after ``header_timeout`` or ``body_timeout`` seconds."""
+
+    def __init__(self, host: str, *, max_body: int, max_json: int, header_timeout: float, body_timeout: float,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.host, self.max_body, self.max_json = host, max_body, max_json
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
 
     def start(self, models) -> None:
         for model in models:
@@ -340,6 +407,7 @@ class HostModelServer(ModelServer):
             grace_period=self.grace_period, timeout_keep_alive=self.timeout_keep_alive,
         )
         self._rest_server.config.host = self.host  # read when uvicorn binds, after this
+        self._rest_server.config.http = timed_http(self.header_timeout, self.body_timeout)  # read at load, too
         self._grpc_server = _HostGRPCServer(
             self.host, self.max_body, self.grpc_port, self.dataplane, self.model_repository_extension,
             kwargs={}, grace_period=self.grace_period,

@@ -33,7 +33,7 @@ import socket
 import sys
 from pathlib import Path
 
-from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli
+from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli, seconds
 from runtimes.errors import ToolkitError
 from runtimes.spec import DEFAULT_MODEL
 
@@ -44,6 +44,12 @@ DEFAULT_MAX_BODY_MB = 64
 # development machine, a stall of every other request; 8 MB is two FP32 images as JSON.
 DEFAULT_MAX_JSON_MB = 8
 GRACE_S = 5  # on SIGTERM, how long requests in flight may take to finish
+# A slow sender is cut off: a request's headers must arrive within HEADER_TIMEOUT_S of its first
+# byte (or of the connection), and its body may pause no longer than BODY_TIMEOUT_S between reads.
+# Ample on any real network (a 64 MB body at 1 Mbit/s arrives in steady packets); a client that
+# trickles bytes to hold connections open is closed with a 408.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-mb", type=positive_int, default=DEFAULT_MAX_BODY_MB,
                         help="largest binary request body (binary tensors, an image; gRPC message)")
     parser.add_argument("--max-json-mb", type=positive_int, default=DEFAULT_MAX_JSON_MB, help="largest JSON request body")
+    parser.add_argument("--header-timeout-s", type=seconds, default=HEADER_TIMEOUT_S,
+                        help=f"close a connection whose request headers take longer, with a 408 "
+                             f"(default: {HEADER_TIMEOUT_S:g})")
+    parser.add_argument("--body-timeout-s", type=seconds, default=BODY_TIMEOUT_S,
+                        help=f"close a connection whose request body pauses longer, with a 408 (default: {BODY_TIMEOUT_S:g})")
     parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
     add_max_pixels(parser)
     parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
               f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
         server = HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                  max_body=args.max_body_mb << 20, max_json=args.max_json_mb << 20,
+                                 header_timeout=args.header_timeout_s, body_timeout=args.body_timeout_s,
                                  grace_period=GRACE_S)
         server.start(models)  # until SIGINT or SIGTERM
     return 0

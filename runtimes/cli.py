@@ -85,6 +85,15 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def seconds(text: str) -> float:
+    """argparse type for a duration (a timeout): a finite number of seconds above 0 ("nan" and
+    "inf" would turn the deadline off without a word)."""
+    value = float(text)  # argparse turns a ValueError into "invalid seconds value"
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text}")
+    return value
+
+
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
     """The --max-pixels option of every command that decodes image files."""
     parser.add_argument(
