@@ -233,19 +233,27 @@ def test_a_changed_model_file_is_refused_by_name(tune_bundle, tmp_path, inputs):
     assert f"models/{model.name}" in proc.stderr and not (tmp_path / "out").exists()
 
 
-def test_a_tuned_bundle_runs_its_gated_choice(cluster, tuned_bundle, tmp_path):
-    """With --bundle, the actors run the tuned provider and precision, as run and serve do (which
-    choices are refused is runtimes.tuned's, tested with run, verify and in-process)."""
+def test_a_tuned_bundle_runs_its_gated_choice(tuned_bundle, tmp_path, capsys):
+    """With --bundle, the job the actors run takes the tuned provider and precision, as run and
+    serve do (which choices are refused is runtimes.tuned's, tested with run and verify); checked
+    on the job itself, before any cluster starts."""
+    import argparse
+    import contextlib
+
+    from deploy.batch import resolve_model
+
     bundle = Path(shutil.copytree(tuned_bundle, tmp_path / "bundle"))
     choice = json.loads((bundle / "tuned.json").read_text())["choice"]
     models = {m["precision"]: m["file"] for m in json.loads((bundle / "bundle.json").read_text())["models"]}
     model = models["fp32" if choice["precision"] in ("bf16", "f16") else choice["precision"]]
-    proc = _batch(str(IMAGES_DIR), str(tmp_path / "tuned"), "--bundle", str(bundle), "--address", cluster,
-                  "--format", "jsonl")
-    assert proc.returncode == 0, proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.startswith("tuned: ")], proc.stderr
-    manifest = _manifest(tmp_path / "tuned")
-    assert manifest["model"]["provider"] == choice["provider"] and manifest["model"]["name"].endswith(model), manifest
+    args = argparse.Namespace(bundle=bundle, model=None, variant=None, provider=None, threads=None, batch_size=16,
+                              topk=5, exact=False, max_pixels=None)
+    with contextlib.ExitStack() as stack:
+        job, data, _ = resolve_model(stack, args)
+    assert job.provider == choice["provider"] and job.model_name.endswith(model), job
+    assert data == (bundle / model).read_bytes()
+    said = capsys.readouterr().err
+    assert [line for line in said.splitlines() if line.startswith("tuned: ")], said
 
 
 def test_each_worker_checks_the_models_sha256_before_loading_it(demo_export):
