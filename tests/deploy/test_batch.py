@@ -319,7 +319,7 @@ def test_a_node_that_dies_mid_run_loses_nothing(ray_cluster, demo_export, tmp_pa
     deadline, removed = time.monotonic() + 120, False
     while not removed and time.monotonic() < deadline and proc.poll() is None:
         if len(_actor_pids()) == 3:
-            time.sleep(1.0)  # all three have begun work
+            time.sleep(2.0)  # all three have begun work, most likely (their first batch done)
             ray_cluster.remove_node(node, allow_graceful=False)
             removed = True
         time.sleep(0.2)
@@ -332,7 +332,9 @@ def test_a_node_that_dies_mid_run_loses_nothing(ray_cluster, demo_export, tmp_pa
     assert len(paths) == len(set(paths)) == 288
     manifest = _manifest(out)
     assert manifest["duplicates_dropped"] == 0 and manifest["errors"] == 0
-    assert manifest["rows_by_node"].get(node.node_id, 0) > 0, manifest["rows_by_node"]  # the dead node had done work
+    # Whether the dead node had finished a batch before it died is timing too (a fresh clone's CI saw
+    # it die with none: 140 + 136 rows on the others, 12 rescued); what must hold is that its death
+    # failed the pass and lost nothing.
     # The pass failed (no Ray retries), so the job's own recovery answered the rest. Whether the
     # dead node held a batch at that instant (then rescued one at a time) or was between batches
     # (then its block ran again in the next pass) depends on timing: both were seen.
