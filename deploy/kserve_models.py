@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy.budget import Budget
 from deploy.kserve_import import command_line_hidden
 
 with command_line_hidden():
@@ -56,15 +57,30 @@ _STARTS_BASE64 = re.compile(rb"\s*[A-Za-z0-9+/]")  # raw JPEG, PNG, GIF, BMP, TI
 
 
 class Engine:
-    """One loaded model shared by both served models; built lazily so it can travel to a Ray replica."""
+    """One loaded model shared by both served models; built lazily so it can travel to a Ray replica.
+
+    ``inflight_pixels`` bounds the images that decode at once, over every request of this
+    process (``deploy.budget``): an image waits up to ``wait_s`` for its share, then its
+    request is refused with ServerBusy (HTTP 503). None: no bound but the per-image ``max_pixels``.
+    """
 
     def __init__(self, model: str | Path, provider: str = "cpu", *, spec: ModelSpec | None = None,
-                 max_batch: int, max_pixels: int | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+                 max_batch: int, max_pixels: int | None = None, inflight_pixels: int | None = None,
+                 wait_s: float = 10.0, options: dict[str, Any] | None = None) -> None:
         self.model, self.provider, self.max_batch, self.max_pixels = Path(model), provider, max_batch, max_pixels
+        self.inflight_pixels, self.wait_s = inflight_pixels, wait_s
         self._spec, self._options = spec, dict(options or {})
         self._classifier: Classifier | None = None
         self._lock = threading.Lock()
+        self.pixels = self._pixel_budget()
+
+    def _pixel_budget(self) -> Budget | None:
+        if self.inflight_pixels is None:
+            return None
+        return Budget(self.inflight_pixels, unit="pixels", flag="--max-inflight-pixels", wait_s=self.wait_s)
+
+    def _admit(self, cost: int, name: str):
+        return self.pixels.hold(cost, f"image {name}")
 
     @property
     def classifier(self) -> Classifier:
@@ -73,7 +89,8 @@ class Engine:
         with self._lock:
             if self._classifier is None:
                 self._classifier = Classifier(self.model, self.provider, batch_size=self.max_batch, spec=self._spec,
-                                              workers=2, max_pixels=self.max_pixels, **self._options)
+                                              workers=2, max_pixels=self.max_pixels,
+                                              admit=self._admit if self.pixels else None, **self._options)
             return self._classifier
 
     @property
@@ -84,10 +101,11 @@ class Engine:
         return self._spec
 
     def __getstate__(self) -> dict[str, Any]:  # a runtime session cannot be pickled: the replica loads its own
-        return {**self.__dict__, "_classifier": None, "_lock": None}
+        return {**self.__dict__, "_classifier": None, "_lock": None, "pixels": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
+        self.pixels = self._pixel_budget()  # a replica process bounds its own decodes
 
     def for_replicas(self, replicas: int) -> "Engine":
         """An unloaded copy for one of ``replicas`` replicas on this machine, sharing its CPUs between them."""
@@ -98,7 +116,8 @@ class Engine:
             share = max(1, (os.cpu_count() or 1) // replicas)  # a tuned or given count is capped at the share too
             options["threads"] = min(options.get("threads") or share, share)
         return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch,
-                      max_pixels=self.max_pixels, options=options)
+                      max_pixels=self.max_pixels, inflight_pixels=self.inflight_pixels, wait_s=self.wait_s,
+                      options=options)
 
     def close(self) -> None:
         with self._lock:
@@ -180,6 +199,10 @@ def split_bytes(raw: bytes | memoryview, count: int) -> list[bytes | memoryview]
 def _byte_elements(tensor: InferInput) -> list[Any]:
     """A BYTES tensor's elements in row-major order, exactly as many as its shape declares."""
     raw = tensor._raw_data
+    data = tensor.data
+    if raw is None and isinstance(data, list) and len(data) == math.prod(tensor.shape) == 1 \
+            and isinstance(data[0], bytearray):
+        return data  # a plain body (plain_image_request)
     if raw is None:
         return list(_as_numpy(tensor).reshape(-1))
     try:
@@ -200,7 +223,7 @@ def _request_int(request: InferRequest, key: str, default: int) -> int:
     return value
 
 
-def image_bytes(element: Any, index: int) -> bytes:
+def image_bytes(element: Any, index: int) -> bytes | bytearray:
     """The encoded image in one BYTES element: raw bytes as they are, base64 text decoded.
 
     Anything but bytes or text (a JSON number, say: ``bytes(10**9)`` would allocate a
@@ -208,7 +231,9 @@ def image_bytes(element: Any, index: int) -> bytes:
     """
     if isinstance(element, str):
         data = element.encode("utf-8", "surrogateescape")
-    elif isinstance(element, (bytes, bytearray, memoryview)):
+    elif isinstance(element, (bytes, bytearray)):
+        data = element  # a bytearray (a plain body) is decoded in place
+    elif isinstance(element, memoryview):
         data = bytes(element)
     else:
         raise InvalidInput(f"input {IMAGE_INPUT!r} element {index} is {type(element).__name__}; "
@@ -227,9 +252,11 @@ def image_bytes(element: Any, index: int) -> bytes:
 def plain_image_request(body: bytes | bytearray) -> InferRequest:
     """A ``googlenet-image`` request for one image sent as the whole body (``curl -T cat.jpg``).
 
-    The element is bytes: numpy would take a bytearray for a sequence of numbers.
+    The body is the element as it is, not copied: :func:`_byte_elements` hands a list of
+    bytes-like elements over without numpy (which would take a bytearray for a sequence
+    of numbers), and the decoder reads a bytearray in place.
     """
-    return InferRequest(IMAGE_MODEL, [InferInput(IMAGE_INPUT, [1], "BYTES", data=[bytes(body)])])
+    return InferRequest(IMAGE_MODEL, [InferInput(IMAGE_INPUT, [1], "BYTES", data=[body])])
 
 
 def top_classes(response: InferResponse) -> dict[str, float]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli, seconds
 from runtimes.errors import ToolkitError
+from runtimes.preprocess import MAX_PIXELS
 from runtimes.spec import DEFAULT_MODEL
 
 DEFAULT_HTTP_PORT = 8080
@@ -50,6 +51,11 @@ GRACE_S = 5  # on SIGTERM, how long requests in flight may take to finish
 # trickles bytes to hold connections open is closed with a 408.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
+# What all requests together may hold (deploy.budget): request bytes (REST bodies and gRPC
+# messages, each counted at what it costs while served), and decoded pixels, by default
+# room for one image at --max-pixels. A request waits BUSY_WAIT_S for its share, then 503.
+DEFAULT_INFLIGHT_MB = 256
+BUSY_WAIT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: {HEADER_TIMEOUT_S:g})")
     parser.add_argument("--body-timeout-s", type=seconds, default=BODY_TIMEOUT_S,
                         help=f"close a connection whose request body pauses longer, with a 408 (default: {BODY_TIMEOUT_S:g})")
+    parser.add_argument("--max-inflight-mb", type=positive_int, default=DEFAULT_INFLIGHT_MB,
+                        help=f"request bytes all requests may hold at once, REST and gRPC together, a JSON body "
+                             f"counting 3x its length and a gRPC message 2x (default: {DEFAULT_INFLIGHT_MB})")
+    parser.add_argument("--max-inflight-pixels", type=positive_int, metavar="N",
+                        help="8-bit RGB pixels all requests may decode at once (default: --max-pixels, "
+                             "room for one image of the largest size; smaller ones decode side by side)")
+    parser.add_argument("--busy-wait-s", type=seconds, default=BUSY_WAIT_S,
+                        help=f"how long a request waits for its share of those budgets before a 503 with "
+                             f"Retry-After (default: {BUSY_WAIT_S:g})")
     parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
     add_max_pixels(parser)
     parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
@@ -115,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def load(attempt) -> km.Engine:
             engine = km.Engine(attempt.model, attempt.provider, spec=attempt.spec, max_batch=args.max_batch,
-                               max_pixels=args.max_pixels, options=attempt.options)
+                               max_pixels=args.max_pixels, wait_s=args.busy_wait_s,
+                               inflight_pixels=args.max_inflight_pixels or args.max_pixels or MAX_PIXELS,
+                               options=attempt.options)
             engine.classifier  # noqa: B018 - fail here, in one line, not in the server
             return engine
 
@@ -137,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         server = HostModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                  max_body=args.max_body_mb << 20, max_json=args.max_json_mb << 20,
                                  header_timeout=args.header_timeout_s, body_timeout=args.body_timeout_s,
+                                 inflight_bytes=args.max_inflight_mb << 20, wait_s=args.busy_wait_s,
                                  grace_period=GRACE_S)
         server.start(models)  # until SIGINT or SIGTERM
     return 0

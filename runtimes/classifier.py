@@ -16,13 +16,14 @@ whatever the number of images.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 
@@ -100,6 +101,10 @@ class Classifier:
     ``max_pixels`` refuses a file that would decode to more than that many 8-bit RGB
     pixels' worth of memory (16-bit images count twice), before decoding it (default:
     ``runtimes.preprocess.MAX_PIXELS``).
+    ``admit``, if given, is called as ``admit(cost, name)`` around the decode of each file's
+    bytes, with its cost from ``preprocess.decode_cost``, and returns a context manager: a
+    server passes its pixel budget's, so that what decodes at once, over every call, stays
+    bounded. An exception it raises is the call's, not one image's error.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class Classifier:
         exact: bool = False,
         workers: int | None = None,
         max_pixels: int | None = None,
+        admit: Callable[[int, str], ContextManager[Any]] | None = None,
         **options: Any,
     ) -> None:
         if batch_size < 1:
@@ -123,6 +129,7 @@ class Classifier:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.exact = exact
+        self.admit = admit
         self.workers = workers or default_workers()
         self.runner = create_runner(provider, model_path, spec, batch_size=batch_size, **options).load()
 
@@ -202,8 +209,13 @@ class Classifier:
 
     def _load(self, item: ImageInput, index: int, frame_order: str) -> tuple[str, np.ndarray | str, str | None]:
         """(name, preprocessed CHW tensor, mode) or (name, error message, None); runs in a worker."""
-        return load_input(item, _name(item, index), self.spec, exact=self.exact, max_pixels=self.max_pixels,
-                          frame_order=frame_order)
+        name = _name(item, index)
+        admitted = contextlib.nullcontext()
+        if self.admit is not None and isinstance(item, _BYTES):
+            admitted = self.admit(preprocess.decode_cost(item, self.spec, fast=not self.exact), name)
+        with admitted:
+            return load_input(item, name, self.spec, exact=self.exact, max_pixels=self.max_pixels,
+                              frame_order=frame_order)
 
     def close(self) -> None:
         """Release the runtime session."""

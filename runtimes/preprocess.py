@@ -44,7 +44,7 @@ from runtimes.errors import ImageError, ModelSpecError
 from runtimes.spec import ModelSpec
 
 __all__ = [
-    "EXACT", "FAST", "FRAME_ORDERS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "check_frame_order", "decode_image", "find_images",
+    "EXACT", "FAST", "FRAME_ORDERS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "check_frame_order", "decode_cost", "decode_image", "find_images",
     "frame_to_rgb", "glob_images", "load", "load_with_mode", "prepare", "stack",
 ]
 
@@ -96,12 +96,14 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int | None =
             f"{name}: decode_image() takes the file's bytes, got {type(data).__name__}; "
             "read the file first, e.g. Path(path).read_bytes()"
         )
-    data = bytes(data)
+    if isinstance(data, memoryview):
+        data = bytes(data)  # a bytearray is read in place: a server's request body is not copied
     if not data:
         raise ImageError(f"{name}: the image is empty (0 bytes); check the path and that the download finished")
     _check_header(data, name, max_pixels)
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+        # Straight to RGB where OpenCV can (4.11+): no BGR copy of the whole image beside it.
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS if _RGB is None else _rgb_flags(_DECODE_FLAGS))
     except cv2.error as exc:  # OpenCV's own size guard raises instead of returning None
         reason = str(exc).strip().splitlines()[-1]
         raise ImageError(f"{name}: OpenCV refused to decode it ({reason}); re-save it as an 8-bit PNG or JPEG") from None
@@ -112,7 +114,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int | None =
         )
     _check_size(name, img.shape[1], img.shape[0], img.dtype.itemsize, max_pixels, decoded=True)
     img = _to_uint8(img, name)
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return np.ascontiguousarray(img if _RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
 
 def _rgb_flags(flags: int) -> int:
@@ -416,8 +418,8 @@ def load_with_mode(
     data: bytes, spec: ModelSpec, name: str = "<bytes>", *, fast: bool = False, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str]:
     """Like :func:`load`, also saying which path the image took: EXACT or FAST."""
-    if isinstance(data, (bytearray, memoryview)):
-        data = bytes(data)  # the fast path's header checks need bytes; decode_image checks the type
+    if isinstance(data, memoryview):
+        data = bytes(data)  # the header checks need bytes or a bytearray; decode_image checks the type
     if fast:
         reduction = _fast_reduction(data, spec)
         if reduction is not None:
@@ -468,6 +470,24 @@ def _fast_reduction(data: bytes, spec: ModelSpec) -> tuple[int, int, tuple[int, 
         if short // factor >= 2 * spec.resize_size:
             return factor, flag, size
     return None
+
+
+def decode_cost(data: bytes, spec: ModelSpec, *, fast: bool = False) -> int:
+    """The 8-bit RGB pixels' worth of memory decoding ``data`` allocates, from its header (0 if unreadable:
+    such a file is refused before it is decoded); the fast path's reduced decode counts its reduced size."""
+    if isinstance(data, memoryview):
+        data = bytes(data)
+    kind = _sniff_format(data)
+    try:
+        shape = _header_shape(data, kind) if kind else None
+    except (struct.error, IndexError):
+        shape = None
+    if shape is None:
+        return 0
+    width, height, bits = shape
+    reduction = _fast_reduction(data, spec) if fast else None
+    factor = reduction[0] if reduction else 1
+    return -(-width // factor) * -(-height // factor) * ((bits + 7) // 8)
 
 
 def _load_reduced(data: bytes, spec: ModelSpec, reduction) -> np.ndarray | None:
