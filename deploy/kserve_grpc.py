@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from concurrent import futures
 
@@ -84,40 +85,47 @@ class BudgetedInfer(aio.ServerInterceptor):
 
 
 class ThreadedGRPCServer(GRPCServer):
-    """kserve's gRPC server (same servicer), listening on ``host`` only, on an event loop in a thread of its own."""
+    """kserve's gRPC server (same servicer), listening on ``host`` only, on an event loop in a thread of its own.
 
-    def __init__(self, host: str, max_message: int, budget: Budget, *args, **kwargs) -> None:
+    At most ``max_calls`` calls are served at once (grpc's ``maximum_concurrent_rpcs``): grpc
+    reads a call's whole message before any handler runs, so the messages of calls waiting
+    for the byte budget are bounded by this count, not by the budget. Calls beyond it are
+    refused at once with RESOURCE_EXHAUSTED, before their message is read.
+    """
+
+    def __init__(self, host: str, max_message: int, budget: Budget, max_calls: int, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._host, self._max_message, self._budget = host, max_message, budget
+        self._host, self._max_message, self._budget, self._max_calls = host, max_message, budget, max_calls
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_asked: asyncio.Event | None = None
 
     async def start(self, max_workers: int) -> None:
-        """Serve on a new thread until stopped; this coroutine, on the caller's loop, ends when it does."""
+        """Serve on a new thread until :meth:`stop`; this coroutine, on the caller's loop, ends when the thread does."""
         started: futures.Future = futures.Future()
         done: futures.Future = futures.Future()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
             try:
-                self._loop.run_until_complete(self._serve(max_workers, started))
-                done.set_result(None)
+                asyncio.run(self._serve(max_workers, started))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's loop, raised there
                 for future in (started, done):
-                    if not future.done():
+                    with contextlib.suppress(futures.InvalidStateError):
                         future.set_exception(exc)
-            finally:
-                self._loop.close()
+            with contextlib.suppress(futures.InvalidStateError):  # cancelled: the caller stopped waiting
+                done.set_result(None)
 
         threading.Thread(target=run, name="grpc", daemon=True).start()
         await asyncio.wrap_future(started)
         await asyncio.wrap_future(done)
 
     async def _serve(self, max_workers: int, started: futures.Future) -> None:
+        self._loop, self._stop_asked = asyncio.get_running_loop(), asyncio.Event()
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), OneLineStatus(), BudgetedInfer(self._budget)),
             options=[("grpc.max_send_message_length", self._max_message),
                      ("grpc.max_receive_message_length", self._max_message)],
+            maximum_concurrent_rpcs=self._max_calls,
         )
         servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
@@ -126,9 +134,11 @@ class ThreadedGRPCServer(GRPCServer):
             raise OSError(f"cannot listen on {host}:{self._port} for gRPC")
         await self._server.start()
         started.set_result(None)
-        await self._server.wait_for_termination()
+        await self._stop_asked.wait()
+        await self._server.stop(grace=self._grace_period)  # calls in flight finish, on this loop
 
     async def stop(self, sig: int | None = None) -> None:
-        if self._server is not None and self._loop is not None and not self._loop.is_closed():
-            stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace=self._grace_period), self._loop)
-            await asyncio.wrap_future(stopping)
+        """Ask the gRPC thread to stop; it lets calls in flight finish for the grace period, then ends."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between: already stopped
+                self._loop.call_soon_threadsafe(self._stop_asked.set)

@@ -115,9 +115,10 @@ class Engine:
         if "threads" in runner_class(self.provider).OPTIONS:
             share = max(1, (os.cpu_count() or 1) // replicas)  # a tuned or given count is capped at the share too
             options["threads"] = min(options.get("threads") or share, share)
+        # The pixel budget is the machine's: each replica decodes within its share.
+        pixels = self.inflight_pixels and max(1, self.inflight_pixels // replicas)
         return Engine(self.model, self.provider, spec=self._spec, max_batch=self.max_batch,
-                      max_pixels=self.max_pixels, inflight_pixels=self.inflight_pixels, wait_s=self.wait_s,
-                      options=options)
+                      max_pixels=self.max_pixels, inflight_pixels=pixels, wait_s=self.wait_s, options=options)
 
     def close(self) -> None:
         with self._lock:

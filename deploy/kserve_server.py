@@ -103,14 +103,16 @@ async def _busy_answer(request: Request, exc: ServerBusy) -> JSONResponse:
 class HostModelServer(ModelServer):
     """kserve's ModelServer with REST and gRPC on ``host``; bodies limited to ``max_body`` bytes, JSON to
     ``max_json``; a slow sender cut off after ``header_timeout`` or ``body_timeout`` seconds; request bytes
-    held to ``inflight_bytes`` in all, a request waiting at most ``wait_s`` for its share."""
+    held to ``inflight_bytes`` in all, a request waiting at most ``wait_s`` for its share; at most
+    ``max_grpc_calls`` gRPC calls at once."""
 
     def __init__(self, host: str, *, max_body: int, max_json: int, header_timeout: float, body_timeout: float,
-                 inflight_bytes: int, wait_s: float, **kwargs) -> None:
+                 inflight_bytes: int, wait_s: float, max_grpc_calls: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.host, self.max_body, self.max_json = host, max_body, max_json
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.budget = Budget(inflight_bytes, unit="bytes", flag="--max-inflight-mb", wait_s=wait_s)
+        self.max_grpc_calls = max_grpc_calls
 
     def start(self, models) -> None:
         for model in models:
@@ -125,7 +127,7 @@ class HostModelServer(ModelServer):
         self._rest_server.config.host = self.host  # read when uvicorn binds, after this
         self._rest_server.config.http = timed_http(self.header_timeout, self.body_timeout)  # read at load, too
         self._grpc_server = ThreadedGRPCServer(
-            self.host, self.max_body, self.budget, self.grpc_port, self.dataplane, self.model_repository_extension,
+            self.host, self.max_body, self.budget, self.max_grpc_calls, self.grpc_port, self.dataplane, self.model_repository_extension,
             kwargs={}, grace_period=self.grace_period,
         )
         self.servers = [self._rest_server.start(), self._grpc_server.start(self.max_threads)]

@@ -8,7 +8,8 @@ is not started: the only ports are the ModelServer's.
 A gRPC request reaches kserve as an ``InferRequest`` holding protobuf maps, which Ray
 cannot pickle (kserve's ``RayModel`` answers "Internal server error"); it travels to the
 replica as the serialized protobuf message instead and is rebuilt there. A refusal
-(HTTP 400) or a runtime failure (500) in a replica comes back as its one-line message.
+(HTTP 400), a full pixel budget (503) or a runtime failure (500) in a replica comes back
+as its one-line message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from deploy.budget import ServerBusy
 from deploy.kserve_models import Engine, ImageModel, InferRequest, InvalidInput, TensorModel
 from kserve.model import InferenceVerb
 from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
@@ -31,6 +33,7 @@ DEPLOYMENT = "googlenet"
 class _Refused:
     reason: str
     server_fault: bool = False  # a runtime failure (HTTP 500), not the client's (400)
+    retry_after_s: int | None = None  # the replica's pixel budget stayed full (HTTP 503)
 
 
 class Replica:
@@ -48,6 +51,8 @@ class Replica:
             return await self.models[body.model_name](body, headers)
         except InvalidInput as exc:  # Ray would wrap it in its own error and traceback: send the reason
             return _Refused(exc.reason)
+        except ServerBusy as exc:
+            return _Refused(str(exc), retry_after_s=exc.retry_after_s)
         except ToolkitError as exc:
             return _Refused(str(exc), server_fault=True)
 
@@ -69,6 +74,8 @@ class ReplicatedModel(RayModel):
         if isinstance(body, InferRequest) and body.from_grpc:
             body = body.to_grpc().SerializeToString()
         answer = await self._handle.remote(body, headers=dict(headers or {}))
+        if isinstance(answer, _Refused) and answer.retry_after_s is not None:
+            raise ServerBusy(answer.reason, answer.retry_after_s)
         if isinstance(answer, _Refused):
             raise (InferenceError if answer.server_fault else InvalidInput)(answer.reason)
         return answer

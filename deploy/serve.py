@@ -3,6 +3,7 @@
     python -m deploy.serve --model artifacts/googlenet.onnx          # or --bundle DIR (its tuned choice, if any)
         [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081] [--provider cpu]
         [--max-batch 32] [--max-body-mb 64] [--max-json-mb 8] [--max-pixels N] [--threads N] [--replicas N]
+        [--max-inflight-mb 256] [--max-inflight-pixels N] [--busy-wait-s 30] [--max-grpc-calls 32]
 
 Two models (see ``deploy.kserve_models``): ``googlenet`` takes preprocessed FP32 tensors,
 ``googlenet-image`` takes encoded images. Any v2 client works; with ``tritonclient``:
@@ -19,8 +20,12 @@ route with ``Content-Type: image/jpeg``).
 The server listens on loopback unless ``--host`` says otherwise. A binary request body
 over ``--max-body-mb`` gets HTTP 413 (gRPC: RESOURCE_EXHAUSTED), a JSON one over the
 lower ``--max-json-mb`` too (parsing JSON holds the interpreter for its whole length),
-a batch over ``--max-batch`` a 400 (see ``deploy.kserve_server``). On SIGTERM, requests
-in flight have ``GRACE_S`` seconds to finish.
+a batch over ``--max-batch`` a 400 (see ``deploy.kserve_server``). All requests together
+hold at most ``--max-inflight-mb`` of request bytes and ``--max-inflight-pixels`` of
+decoding images, and at most ``--max-grpc-calls`` gRPC calls run at once; a request that
+waits ``--busy-wait-s`` for its share gets a 503 with Retry-After (``deploy.budget``; the
+README gives the peak memory as a formula of these flags). On SIGTERM, requests in flight
+have ``GRACE_S`` seconds to finish.
 ``--replicas N`` runs N copies of the model on a local Ray Serve cluster behind the same
 two endpoints.
 """
@@ -53,9 +58,14 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 # What all requests together may hold (deploy.budget): request bytes (REST bodies and gRPC
 # messages, each counted at what it costs while served), and decoded pixels, by default
-# room for one image at --max-pixels. A request waits BUSY_WAIT_S for its share, then 503.
+# room for two images at --max-pixels (one per core here). A request waits BUSY_WAIT_S for
+# its share, then 503.
 DEFAULT_INFLIGHT_MB = 256
-BUSY_WAIT_S = 10.0
+BUSY_WAIT_S = 30.0
+# grpc reads a call's whole message before the budget sees it: the calls it serves at once
+# are bounded too (more are refused with RESOURCE_EXHAUSTED), enough for 16 closed-loop clients
+# and their next calls.
+MAX_GRPC_CALLS = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"close a connection whose request body pauses longer, with a 408 (default: {BODY_TIMEOUT_S:g})")
     parser.add_argument("--max-inflight-mb", type=positive_int, default=DEFAULT_INFLIGHT_MB,
                         help=f"request bytes all requests may hold at once, REST and gRPC together, a JSON body "
-                             f"counting 3x its length and a gRPC message 2x (default: {DEFAULT_INFLIGHT_MB})")
+                             f"counting 5x its length and a gRPC message 2x (default: {DEFAULT_INFLIGHT_MB})")
     parser.add_argument("--max-inflight-pixels", type=positive_int, metavar="N",
-                        help="8-bit RGB pixels all requests may decode at once (default: --max-pixels, "
-                             "room for one image of the largest size; smaller ones decode side by side)")
+                        help="8-bit RGB pixels all requests may decode at once, about 7 bytes each "
+                             "(default: twice --max-pixels, room for two images of the largest size)")
     parser.add_argument("--busy-wait-s", type=seconds, default=BUSY_WAIT_S,
                         help=f"how long a request waits for its share of those budgets before a 503 with "
                              f"Retry-After (default: {BUSY_WAIT_S:g})")
+    parser.add_argument("--max-grpc-calls", type=positive_int, default=MAX_GRPC_CALLS,
+                        help=f"gRPC calls served at once, each message up to --max-body-mb; more are refused with "
+                             f"RESOURCE_EXHAUSTED (default: {MAX_GRPC_CALLS})")
     parser.add_argument("--threads", type=positive_int, help="the runtime's intra-op threads")
     add_max_pixels(parser)
     parser.add_argument("--replicas", type=positive_int, help="serve N replicas on a local Ray Serve cluster")
@@ -131,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         def load(attempt) -> km.Engine:
             engine = km.Engine(attempt.model, attempt.provider, spec=attempt.spec, max_batch=args.max_batch,
                                max_pixels=args.max_pixels, wait_s=args.busy_wait_s,
-                               inflight_pixels=args.max_inflight_pixels or args.max_pixels or MAX_PIXELS,
+                               inflight_pixels=args.max_inflight_pixels or 2 * (args.max_pixels or MAX_PIXELS),
                                options=attempt.options)
             engine.classifier  # noqa: B018 - fail here, in one line, not in the server
             return engine
@@ -155,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                  max_body=args.max_body_mb << 20, max_json=args.max_json_mb << 20,
                                  header_timeout=args.header_timeout_s, body_timeout=args.body_timeout_s,
                                  inflight_bytes=args.max_inflight_mb << 20, wait_s=args.busy_wait_s,
+                                 max_grpc_calls=args.max_grpc_calls,
                                  grace_period=GRACE_S)
         server.start(models)  # until SIGINT or SIGTERM
     return 0

@@ -4,7 +4,7 @@ requests beyond the server-wide budgets wait, then get a 503 with Retry-After, w
 A client that trickles its headers, sends nothing at all, or stalls in its body is closed
 with a 408 and one WARNING line, while a client that sends at an ordinary pace is answered.
 Request bytes (REST and gRPC together) and decoded pixels are held to --max-inflight-mb and
---max-inflight-pixels (by default --max-pixels: one image of the largest size at a time).
+--max-inflight-pixels, and gRPC calls to --max-grpc-calls.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from tests.deploy.serving import start_server
 TIMEOUT_S = 1.0  # the server's --header-timeout-s and --body-timeout-s here
 INFLIGHT_MB = 4  # --max-inflight-mb
 WAIT_S = 2.0  # --busy-wait-s
-MAX_PIXELS = 12_000_000  # --max-pixels, and so the pixel budget
+MAX_PIXELS = 12_000_000  # --max-pixels, and --max-inflight-pixels: one such image decodes at a time
+GRPC_CALLS = 2  # --max-grpc-calls
 IMAGE = sorted(IMAGES_DIR.glob("*.jpg"))[0]
 INFER = "/v2/models/googlenet-image/infer"
 
@@ -35,7 +36,8 @@ def slow_server(demo_export, tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("slow") / "serve.log", "--model", str(demo_export.path),
                            "--header-timeout-s", str(TIMEOUT_S), "--body-timeout-s", str(TIMEOUT_S),
                            "--max-inflight-mb", str(INFLIGHT_MB), "--busy-wait-s", str(WAIT_S),
-                           "--max-pixels", str(MAX_PIXELS))
+                           "--max-pixels", str(MAX_PIXELS), "--max-inflight-pixels", str(MAX_PIXELS),
+                           "--max-grpc-calls", str(GRPC_CALLS))
     yield running
     running.stop()
 
@@ -133,7 +135,8 @@ def _status(pid: int, key: str) -> float:
 
 def test_a_full_byte_budget_answers_503_with_retry_after_on_rest_and_grpc_while_health_answers(slow_server):
     """A legal body that takes its time holds the whole --max-inflight-mb: the next requests wait
-    --busy-wait-s, then are refused in one line each; health never waits; when the holder goes, all is given back."""
+    --busy-wait-s, then are refused in one line each (a gRPC call beyond --max-grpc-calls at once, before its
+    message is read); health never waits; when the holder goes, all is given back."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -169,16 +172,16 @@ def test_a_full_byte_budget_answers_503_with_retry_after_on_rest_and_grpc_while_
                     return exc
                 return None
 
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                rest_call, grpc_call = pool.submit(rest), pool.submit(grpc)
+            with concurrent.futures.ThreadPoolExecutor(1 + GRPC_CALLS + 1) as pool:
+                rest_call, grpc_calls = pool.submit(rest), [pool.submit(grpc) for _ in range(GRPC_CALLS + 1)]
                 health = []
-                while not (rest_call.done() and grpc_call.done()):
+                while not (rest_call.done() and all(call.done() for call in grpc_calls)):
                     started = time.monotonic()
                     for route in ("live", "ready"):
                         assert httpx.get(f"http://{slow_server.http}/v2/health/{route}", timeout=5).status_code == 200
                     health.append(time.monotonic() - started)
                 answer, rest_s = rest_call.result()
-                refused = grpc_call.result()
+                refused = [call.result() for call in grpc_calls]
         finally:
             stop.set()
             sender.join()
@@ -186,11 +189,15 @@ def test_a_full_byte_budget_answers_503_with_retry_after_on_rest_and_grpc_while_
     assert answer.headers["retry-after"] == "2"
     assert answer.json()["error"].startswith(f"server busy: a request body of {len(image):,} bytes needs")
     assert WAIT_S <= rest_s < WAIT_S + 2
-    assert refused is not None and refused.status() == "StatusCode.UNAVAILABLE", refused
-    assert "server busy: a gRPC message of" in refused.message()
-    assert health and max(health) < 1, health  # live and ready, together, while both waited
+    assert None not in refused, refused
+    statuses = sorted(exc.status() for exc in refused)
+    assert statuses == ["StatusCode.RESOURCE_EXHAUSTED"] + ["StatusCode.UNAVAILABLE"] * GRPC_CALLS, refused
+    assert all("server busy: a gRPC message of" in exc.message() for exc in refused
+               if exc.status() == "StatusCode.UNAVAILABLE")
+    assert health and max(health) < 1, health  # live and ready, together, while all of them waited
     lines = [line for line in slow_server.log_text()[since:].splitlines() if "server busy" in line]
-    assert len(lines) == 2 and any(" 503 " in line for line in lines) and any("UNAVAILABLE" in line for line in lines)
+    assert len(lines) == 1 + GRPC_CALLS, lines
+    assert sum(" 503 " in line for line in lines) == 1 and sum("UNAVAILABLE" in line for line in lines) == GRPC_CALLS
     # the holder's connection closed: its share is given back, and the next request is answered
     answer = httpx.post(f"http://{slow_server.http}{INFER}", content=image, headers={"Content-Type": "image/jpeg"},
                         timeout=30)
