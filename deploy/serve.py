@@ -38,13 +38,12 @@ import socket
 import sys
 from pathlib import Path
 
+from deploy.v2_client import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from runtimes.cli import add_max_pixels, non_negative_int, positive_int, run_cli, seconds
 from runtimes.errors import ToolkitError
 from runtimes.preprocess import MAX_PIXELS
 from runtimes.spec import DEFAULT_MODEL
 
-DEFAULT_HTTP_PORT = 8080
-DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BODY_MB = 64
 # JSON is parsed in one call that holds the interpreter: about 5 ms per MB on the 2-core
 # development machine, a stall of every other request; 8 MB is two FP32 images as JSON.

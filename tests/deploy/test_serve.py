@@ -22,8 +22,9 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
-from deploy.serve import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
+from deploy.load import load_run, seeded_batch
+from deploy.v2_client import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
+from deploy.v2_client import grpc_infer, http_infer
 from runtimes.classifier import Classifier
 from tests.deploy.serving import MAX_PIXELS, REPO, SAMPLES, free_port
 

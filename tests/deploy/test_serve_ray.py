@@ -11,7 +11,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from deploy.bundle import build_bundle
-from deploy.load import grpc_infer, http_infer, load_run, seeded_batch
+from deploy.load import load_run, seeded_batch
+from deploy.v2_client import grpc_infer, http_infer
 from runtimes.classifier import Classifier
 from runtimes.reference import reference_path_for
 from tests.deploy.serving import SAMPLES, start_server
