@@ -171,9 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sweep", action="store_true", help="sweep --concurrency levels over --protocols")
     group.add_argument("--model", type=Path,
                        help=f"the model the server runs, answered in-process (default: {DEFAULT_MODEL})")
-    group.add_argument("--bundle", type=Path, help="a bundle the server runs, instead of --model")
+    group.add_argument("--bundle", type=Path,
+                       help="a bundle the server runs, instead of --model; answered in-process as deploy.serve runs "
+                            "it (its tuned choice, if any)")
     group.add_argument("--variant",
                        help="bundle: the model the server runs, fp32, fp16 or int8 (default: the bundle's)")
+    group.add_argument("--provider", help="the runtime the server runs, for the in-process answers "
+                                          "(default: the bundle's tuned choice or preference, else cpu)")
     group.add_argument("--images", type=Path, metavar="DIR",
                        help=f"the images to send, the first {sweep.MAX_IMAGES} (default: the sample images)")
     group.add_argument("--concurrency", type=concurrency_list, metavar="N,N,...",
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SWEEP_ONLY = ("model", "bundle", "variant", "images", "concurrency", "protocols", "window_s", "min_windows",
+SWEEP_ONLY = ("model", "bundle", "variant", "provider", "images", "concurrency", "protocols", "window_s", "min_windows",
               "max_windows", "max_p99_ms", "json", "plot")
 SWEEP_DEFAULTS = {"concurrency": list(sweep.DEFAULT_CONCURRENCY), "protocols": list(PROTOCOLS),
                   "window_s": sweep.DEFAULT_WINDOW_S, "min_windows": sweep.DEFAULT_MIN_WINDOWS,
@@ -285,6 +289,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from runtimes.preprocess import find_images
     from runtimes.spec import DEFAULT_MODEL, ModelSpec
     from runtimes.tolerances import for_precision
+    from runtimes.tuned import first_loadable, plan
 
     addresses = sweep_addresses(args)
     folder = args.images or SAMPLE_IMAGES
@@ -304,15 +309,22 @@ def run_sweep(args: argparse.Namespace) -> int:
         clients = {protocol: (protocol_infer(protocol, address, **names), f"{protocol} {address}")
                    for protocol, address in addresses.items()}
         probes = sweep.probe(clients, sweep.Answers.inputs_of(images[:1], spec)[0])
-        classifier = stack.enter_context(Classifier(model, "cpu", batch_size=1, spec=spec, workers=1))
-        precision = classifier.spec.precision
+        # The reference runs what the server runs: the same attempts, in the same order, as deploy.serve.
+        given = {"provider": args.provider, "variant": args.variant}
+        attempts = plan(stack, model=model if args.bundle is None else DEFAULT_MODEL, bundle=args.bundle, given=given,
+                        say=lambda line: print(line, file=sys.stderr))
+        classifier, used, _ = first_loadable(attempts, lambda a: Classifier(
+            a.model, a.provider, batch_size=1, spec=a.spec, workers=1, **a.options))
+        stack.callback(classifier.close)
+        precision = used.precision or classifier.spec.precision
         answers = sweep.Answers.reference(images, classifier, for_precision(precision))
         with Progress(1 + len(clients) * len(args.concurrency)) as progress:
             report = sweep.sweep(clients, answers, classifier.runner.infer, probes=probes, concurrency=args.concurrency,
                                  window_s=args.window_s, min_windows=args.min_windows, max_windows=args.max_windows,
                                  max_p99_ms=args.max_p99_ms, progress=progress)
-    report = {"model": str(model), "precision": precision, "addresses": addresses, **report}
-    print(f"{Path(model).name} ({precision}), {len(images)} images from {folder}")
+    report = {"model": str(used.model), "precision": precision, "in_process": used.label(), "addresses": addresses,
+              **report}
+    print(f"{Path(used.model).name} ({precision}, in-process on {used.label()}), {len(images)} images from {folder}")
     print(sweep.table(report))
     if args.json is not None:
         from runtimes.atomic import write_text
@@ -320,7 +332,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.plot is not None:
         sweep.plot(report, args.plot,
-                   title=f"{Path(model).name} ({precision}): closed-loop sweep, every answer checked")
+                   title=f"{Path(used.model).name} ({precision}, {used.label()}): closed-loop sweep, every answer checked")
     if report["wrong"]:
         first = next(row for row in report["levels"] if row["first_wrong"])
         print(f"wrong answers: {report['wrong']} of {report['responses']} responses differ from the in-process "

@@ -132,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     check_port(args.host, args.http_port, "HTTP")
     check_port(args.host, args.grpc_port, "gRPC")
     from deploy import kserve_models as km  # kserve loads only now
+    from deploy.budget import give_back_freed_memory
     from deploy.kserve_server import HostModelServer
     from runtimes.tuned import first_loadable, plan, skipped_line
 
+    give_back_freed_memory()  # so that the budgets bound the process's memory, not only what it uses
     with contextlib.ExitStack() as stack:
         given = {"provider": args.provider, "variant": args.variant, "threads": args.threads}
         attempts = plan(stack, model=args.model or DEFAULT_MODEL, bundle=args.bundle, given=given,
