@@ -88,6 +88,21 @@ class Budget:
         self.refused += 1
         return False
 
+    def _take_or_queue(self, amount: int, wake) -> _Waiter | None:
+        """Take ``amount`` now (None), or queue a waiter that ``wake()`` will tell when it is granted."""
+        with self._lock:
+            if self._take(amount):
+                return None
+            waiter = _Waiter(amount, wake)
+            self._queue.append(waiter)
+            return waiter
+
+    def _settle(self, waiter: _Waiter, what: str) -> None:
+        """After the wait: keep the share if it was granted, else leave the queue and raise ServerBusy."""
+        with self._lock:
+            if not self._give_up(waiter):
+                raise self._busy(waiter.amount, what)
+
     def _busy(self, amount: int, what: str) -> ServerBusy:
         return ServerBusy(
             f"server busy: {what} needs {amount:,} {self.unit} and the server's {self.total:,} ({self.flag}) stayed "
@@ -98,16 +113,10 @@ class Budget:
         """Hold ``amount`` (at most the total) while the block runs, waiting in a thread; ServerBusy after ``wait_s``."""
         amount = min(amount, self.total)
         event = threading.Event()
-        with self._lock:
-            granted = self._take(amount)
-            if not granted:
-                waiter = _Waiter(amount, event.set)
-                self._queue.append(waiter)
-        if not granted:
+        waiter = self._take_or_queue(amount, event.set)
+        if waiter is not None:
             event.wait(self.wait_s)
-            with self._lock:
-                if not self._give_up(waiter):
-                    raise self._busy(amount, what)
+            self._settle(waiter, what)
         try:
             yield
         finally:
@@ -123,12 +132,8 @@ class Budget:
         def wake() -> None:  # called under the budget's lock, perhaps from another thread
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
 
-        with self._lock:
-            granted = self._take(amount)
-            if not granted:
-                waiter = _Waiter(amount, wake)
-                self._queue.append(waiter)
-        if not granted:
+        waiter = self._take_or_queue(amount, wake)
+        if waiter is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(future), self.wait_s)
             except asyncio.TimeoutError:
@@ -139,14 +144,11 @@ class Budget:
                 if kept:
                     self._release(amount)
                 raise
-            with self._lock:
-                if not self._give_up(waiter):
-                    raise self._busy(amount, what)
+            self._settle(waiter, what)
         try:
             yield
         finally:
             self._release(amount)
-
 
 
 # glibc's mallopt parameter: allocations from this size up are mapped on their own and given back

@@ -322,7 +322,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             report = sweep.sweep(clients, answers, classifier.runner.infer, probes=probes, concurrency=args.concurrency,
                                  window_s=args.window_s, min_windows=args.min_windows, max_windows=args.max_windows,
                                  max_p99_ms=args.max_p99_ms, progress=progress)
-    report = {"model": str(used.model), "precision": precision, "in_process": used.label(), "addresses": addresses,
+    report = {"model": str(used.model), "precision": precision, "in_process_on": used.label(), "addresses": addresses,
               **report}
     print(f"{Path(used.model).name} ({precision}, in-process on {used.label()}), {len(images)} images from {folder}")
     print(sweep.table(report))

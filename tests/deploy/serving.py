@@ -45,13 +45,14 @@ class Server:
         return self.process.returncode
 
 
-def start_server(log: Path, *arguments: str, ready_within: float = 90) -> Server:
-    """``python -m deploy.serve`` on free loopback ports; returns once both protocols say ready."""
+def start_server(log: Path, *arguments: str, ready_within: float = 90, module: str = "deploy.serve") -> Server:
+    """``python -m deploy.serve`` (or ``module``, which takes its flags) on free loopback ports; returns once
+    both protocols say ready."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     http, grpc = free_port(), free_port()
-    command = [sys.executable, "-m", "deploy.serve", "--http-port", str(http), "--grpc-port", str(grpc), *arguments]
+    command = [sys.executable, "-m", module, "--http-port", str(http), "--grpc-port", str(grpc), *arguments]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from deploy import sweep
 from deploy.load import main
 from deploy.v2_client import ClientError
 from runtimes.tolerances import FP32, INT8
-from tests.deploy.serving import MAX_PIXELS, REPO, Server, free_port, start_server
+from tests.deploy.serving import REPO, start_server
 
 WRONG_EVERY = 5
 # Levels 1 and 2, three windows of 0.2 s each: the rules run, the clock hardly does.
@@ -154,50 +153,13 @@ def test_a_dead_address_fails_before_anything_is_measured(demo_export):
             main(["--sweep", "--grpc", address, "--protocols", "grpc", "--model", str(demo_export.path), *TINY])
 
 
-def _start_wrong_server(demo_export, log) -> Server:
-    http, grpc = free_port(), free_port()
-    command = [sys.executable, "-m", "tests.deploy.wrong_server", "--every", str(WRONG_EVERY), "--model",
-               str(demo_export.path), "--http-port", str(http), "--grpc-port", str(grpc), "--max-batch", "8"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env={**os.environ, "PYTHONPATH": str(REPO)})
-    return Server(process, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", log)
-
-
-def _wait_ready(server: Server, within: float = 90) -> None:
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"the wrong server exited with {server.process.returncode}:\n{server.log_text()[-3000:]}")
-        try:
-            if (httpclient.InferenceServerClient(server.http).is_server_ready()
-                    and grpcclient.InferenceServerClient(server.grpc).is_server_ready()):
-                return
-        except Exception:  # noqa: BLE001 - not listening yet
-            pass
-        time.sleep(0.3)
-    server.stop()
-    pytest.fail(f"the wrong server was not ready in {within} s:\n{server.log_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def servers(demo_export, tmp_path_factory):
-    """deploy.serve on the demo model, and the wrong server on the same model; started side by side."""
-    logs = tmp_path_factory.mktemp("sweep")
-    wrong = _start_wrong_server(demo_export, logs / "wrong.log")
-    try:
-        real = start_server(logs / "serve.log", "--model", str(demo_export.path), "--max-batch", "8",
-                            "--max-pixels", str(MAX_PIXELS))
-        try:
-            _wait_ready(wrong)
-            yield real, wrong
-        finally:
-            real.stop()
-    finally:
-        wrong.stop()
+def servers(server, demo_export, tmp_path_factory):
+    """deploy.serve on the demo model (the session's, shared with test_serve), and the wrong server on the same model."""
+    wrong = start_server(tmp_path_factory.mktemp("sweep") / "wrong.log", "--every", str(WRONG_EVERY), "--model",
+                         str(demo_export.path), "--max-batch", "8", module="tests.deploy.wrong_server")
+    yield server, wrong
+    wrong.stop()
 
 
 def test_a_sweep_of_the_real_server_finds_no_wrong_answer(servers, demo_export, tmp_path, capsys):
