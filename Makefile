@@ -7,10 +7,10 @@ PIP         := $(PY) -m pip install --quiet --disable-pip-version-check
 DEMO_STAMP  := $(VENV)/.installed-demo
 TEST_STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test test-aarch64 bench clean
+.PHONY: demo test test-aarch64 test-pythons bench clean
 
 $(PY):
-	@echo "== creating $(VENV) (Python 3.10+)"
+	@echo "== creating $(VENV) (Python 3.11+)"
 	python3 -m venv $(VENV)
 
 $(DEMO_STAMP): pyproject.toml | $(PY)
@@ -42,6 +42,15 @@ $(BUNDLE): $(TEST_STAMP) $(wildcard runtimes/*.py runtimes/adapters/*.py deploy/
 test-aarch64: $(BUNDLE)
 	@echo "== the demo bundle on an emulated arm64 board (a few minutes; the first run also builds the userland)"
 	$(PY) tests/aarch64/check.py --bundle artifacts/bundle --cache artifacts/aarch64
+
+# The demo bundle on each device Python (deploy/pins.py: CPython 3.10-3.13) found here (pyenv, or python3.X on
+# PATH; a missing one is a "skipped:" line): a fresh venv per Python with the bundle's requirements.txt,
+# verified and run with the bundle's own wheel; a JetPack-6-like venv (3.10, numpy 1.26, OpenCV 4.11, CPU
+# provider); and the requirements resolved, without installing, for aarch64 and the cuda/tensorrt targets.
+# The venvs are made in artifacts/pythons and removed once checked.
+test-pythons: $(BUNDLE)
+	@echo "== the demo bundle on Python 3.10-3.13 (a few minutes from a warm pip cache; about 0.6 GB of disk per venv, one at a time)"
+	$(PY) tests/pythons/check.py --bundle artifacts/bundle --work artifacts/pythons
 
 # The torch row finds the demo checkpoint beside the demo's model.
 bench: $(TEST_STAMP)

@@ -6,7 +6,8 @@
 writes DIR and DIR.tar.gz holding::
 
     bundle.json        preprocessing, labels, provider preference, sha256 of every file
-    requirements.txt   pinned, no torch: `pip install -r requirements.txt` is the installation
+    requirements.txt   pinned, no torch: `pip install -r requirements.txt` is the installation, on
+                       Python 3.10-3.13 (deploy.pins), x86_64 or aarch64
     README.md          the three commands to run on the device
     models/            the fp32 model and any variants (<stem>.<precision>.onnx beside it)
     reference.npz      PyTorch's logits for seeded inputs and images, from the export
@@ -34,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 import runtimes
+from deploy.pins import JETPACK6, NEWER, PY310, PYTHONS
 from runtimes.adapters.nvidia import JETSON_FIX
 from runtimes.atomic import check_replaceable, replace_dir, write_bytes
 from runtimes.bundle import FORMAT, MANIFEST, PROVIDERS, providers_for, sha256_file
@@ -54,24 +56,75 @@ def _ort_version() -> str:
     return version
 
 
+def _installed(name: str) -> str:
+    version = package_version(name)
+    if version is None:
+        raise BundleError(f"cannot pin {name} for the bundle: it is not installed here; pip install {name}")
+    return version
+
+
+# Which device a pin is for: aarch64 below Python 3.11 (with a GPU target, a Jetson on JetPack 6),
+# any other machine below 3.11, and every machine from 3.11 up (the build machine's versions).
+_ARM_OLD, _OLD, _NEW = "aarch64, old Python", "old Python", "new Python"
+_MARKERS = {
+    frozenset({_ARM_OLD, _OLD, _NEW}): "",
+    frozenset({_ARM_OLD, _OLD}): f'python_version < "{NEWER}"',
+    frozenset({_NEW}): f'python_version >= "{NEWER}"',
+    frozenset({_ARM_OLD}): f'platform_machine == "aarch64" and python_version < "{NEWER}"',
+    frozenset({_OLD}): f'platform_machine != "aarch64" and python_version < "{NEWER}"',
+    frozenset({_OLD, _NEW}): f'platform_machine != "aarch64" or python_version >= "{NEWER}"',
+    frozenset({_ARM_OLD, _NEW}): f'platform_machine == "aarch64" or python_version >= "{NEWER}"',
+}
+
+
+def _pinned(name: str, versions: dict[str, str], only: str = "") -> list[str]:
+    """``name==version`` once per distinct version in ``versions`` ({device: version}), with the
+    marker of the devices it is for, and ``only`` (a marker, for versions without an aarch64
+    exception) for all of them."""
+    devices: dict[str, set[str]] = {}
+    for device, version in versions.items():
+        devices.setdefault(version, set()).add(device)
+    lines = []
+    for version, these in devices.items():
+        if _ARM_OLD not in versions and _OLD in these:  # no aarch64 exception: every old Python's
+            these = {*these, _ARM_OLD}
+        marker = " and ".join(m for m in (only, _MARKERS[frozenset(these)]) if m)
+        lines.append(f"{name}=={version}" + (f"; {marker}" if marker else ""))
+    return lines
+
+
 def requirements(targets: list[str]) -> list[str]:
-    """Pinned requirement lines for ``targets``: the versions this machine verified the model with."""
-    pins = [f"{name}=={package_version(name)}" for name in ("numpy", "opencv-python-headless", "pillow")]
-    if any(t in ("cuda", "tensorrt") for t in targets):
+    """Requirement lines for ``targets`` on every device Python (deploy.pins.PYTHONS), x86_64 and aarch64.
+
+    From Python 3.11 up, the versions this machine verified the model with; below it, the tested
+    versions in deploy.pins (this machine's need a newer Python). Environment markers choose, so
+    every device gets exactly one line per package, and pip resolves all of them before it
+    installs any."""
+    gpu = any(t in ("cuda", "tensorrt") for t in targets)
+    pins = []
+    if gpu:
+        pins.append(f"# aarch64 below Python {NEWER} is a Jetson on JetPack 6: numpy 1.x (and the newest OpenCV "
+                    "for it), which NVIDIA's onnxruntime-gpu wheels there are built against")
+    for name in ("numpy", "opencv-python-headless", "pillow"):
+        old = {_ARM_OLD: JETPACK6.get(name, PY310[name])} if gpu else {}
+        pins += _pinned(name, {**old, _OLD: PY310[name], _NEW: _installed(name)})
+    if gpu:
         # Its CPU provider serves a cpu target too: the two packages cannot share one environment.
         # Every machine gets an ONNX Runtime: on aarch64 unpinned, since a Jetson's must match its
         # JetPack (NVIDIA's index, installed first, satisfies the line; without it, PyPI's
-        # server build installs, and verify says where the Jetson one comes from).
-        pins += [f"onnxruntime-gpu=={_ort_version()}; platform_machine == 'x86_64'",
+        # server build installs, and verify says where the Jetson one comes from). Below Python
+        # 3.11 an x86_64 one is a CUDA 12 build (deploy.pins).
+        pins += [*_pinned("onnxruntime-gpu", {_OLD: PY310["onnxruntime-gpu"], _NEW: _ort_version()},
+                          only='platform_machine == "x86_64"'),
                  f"# {JETSON_FIX}",
-                 "onnxruntime-gpu; platform_machine == 'aarch64'"]
+                 'onnxruntime-gpu; platform_machine == "aarch64"']
     elif "cpu" in targets:
-        pins.append(f"onnxruntime=={_ort_version()}")
+        pins += _pinned("onnxruntime", {_OLD: PY310["onnxruntime"], _NEW: _ort_version()})
     if "openvino" in targets:
         version = package_version("openvino")
         if version is None:
             raise BundleError("cannot pin openvino for an openvino bundle: it is not installed here; pip install openvino")
-        pins.append(f"openvino=={version}")
+        pins += _pinned("openvino", {_OLD: PY310["openvino"], _NEW: version})
     return pins
 
 
@@ -107,10 +160,14 @@ def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, Mo
     return [("fp32", model, base), *entries]
 
 
+_PYTHON_RANGE = f"{PYTHONS[0]} to {PYTHONS[-1]}"
+
+
 def _readme(target: str, providers: list[str]) -> str:
     return (
         f"# GoogLeNet bundle (target: {target})\n\n"
-        "Everything the device needs, without torch. From inside this folder:\n\n"
+        f"Everything the device needs, without torch, for Python {_PYTHON_RANGE} on Linux x86_64 or aarch64 "
+        "(pip refuses any other Python, before it installs anything). From inside this folder:\n\n"
         "```sh\n"
         "python3 -m venv .venv && . .venv/bin/activate\n"
         "pip install -r requirements.txt\n"
@@ -119,7 +176,10 @@ def _readme(target: str, providers: list[str]) -> str:
         "python -m runtimes.run --bundle . photo.jpg   # classify, with the tuned choice\n"
         "```\n\n"
         f"Without tuning, providers are tried in order: {', '.join(providers)}. `--provider NAME` picks one.\n"
-        + (f"\n{JETSON_FIX[0].upper()}{JETSON_FIX[1:]}, before `pip install -r requirements.txt`.\n"
+        + (f"\n{JETSON_FIX[0].upper()}{JETSON_FIX[1:]}, before `pip install -r requirements.txt`. "
+           f"On JetPack 6 (Python {PYTHONS[0]}), requirements.txt then installs numpy {JETPACK6['numpy']} and "
+           f"OpenCV {JETPACK6['opencv-python-headless']} beside it: NVIDIA's JetPack 6 wheels are built against "
+           "numpy 1.x.\n"
            if {"cuda", "tensorrt"} & set(providers) else "")
     )
 
@@ -181,8 +241,9 @@ def build_bundle(
         wheel, data = build_wheel()
         (staging / "wheels" / wheel).write_bytes(data)
         (staging / "requirements.txt").write_text(
-            f"# googlenet-deploy {runtimes.__version__} bundle, target {target}: pip install -r requirements.txt "
-            "(from inside this folder)\n" + "\n".join([*requirements(targets), f"./wheels/{wheel}"]) + "\n",
+            f"# googlenet-deploy {runtimes.__version__} bundle, target {target}, for Python {_PYTHON_RANGE} on x86_64 "
+            "and aarch64: pip install -r requirements.txt (from inside this folder)\n"
+            + "\n".join([*requirements(targets), f"./wheels/{wheel}"]) + "\n",
             encoding="utf-8",
         )
         (staging / "README.md").write_text(_readme(target, providers), encoding="utf-8")

@@ -15,11 +15,13 @@ import zipfile
 from pathlib import Path
 
 import runtimes
+from deploy.pins import REQUIRES_PYTHON
 
 DISTRIBUTION = "googlenet-deploy-runtime"
 # What importing runtimes needs on any device; the runtime itself is chosen per target
-# in the bundle's requirements.txt.
-REQUIRES = ("numpy>=2.0", "opencv-python-headless>=4.10", "pillow>=10")
+# in the bundle's requirements.txt. numpy 1.26 too: JetPack 6's onnxruntime-gpu needs numpy 1.x
+# (deploy.pins), and `make test-pythons` runs the runtime on numpy 1.26.4 with OpenCV 4.11.
+REQUIRES = ("numpy>=1.26", "opencv-python-headless>=4.10", "pillow>=10")
 SUMMARY = "Torch-free runtimes for GoogLeNet models exported by googlenet-deploy."
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -45,7 +47,7 @@ def build_wheel(version: str = runtimes.__version__) -> tuple[str, bytes]:
             f"Name: {DISTRIBUTION}",
             f"Version: {version}",
             f"Summary: {SUMMARY}",
-            "Requires-Python: >=3.10",
+            f"Requires-Python: {REQUIRES_PYTHON}",  # the device Pythons bundles are tested on
             *(f"Requires-Dist: {r}" for r in REQUIRES),
             "",
         ]

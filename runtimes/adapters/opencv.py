@@ -26,8 +26,11 @@ class OpencvRunner(Runner):
         self._cv2 = cv2
         # The importer logs each parse failure to stderr before raising; the raised
         # error says it all, so keep those lines off the user's one-line error.
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        # OpenCV 4.11 (JetPack 6's, with numpy 1) has no cv2.utils.logging: it then logs.
+        logs = getattr(getattr(cv2, "utils", None), "logging", None)
+        level = logs.getLogLevel() if logs else None
+        if logs:
+            logs.setLogLevel(logs.LOG_LEVEL_SILENT)
         self._lock = threading.Lock()
         try:
             self.net = cv2.dnn.readNetFromONNX(str(self.model_path))
@@ -35,7 +38,8 @@ class OpencvRunner(Runner):
             reason = " ".join(str(exc).split())  # cv2.error spans several lines
             raise ProviderError(f"opencv: cv2.dnn cannot import {self.model_path}: {reason}") from None
         finally:
-            cv2.utils.logging.setLogLevel(level)
+            if logs:
+                logs.setLogLevel(level)
 
     def _infer_impl(self, batch: Any) -> Any:
         # A Net holds one input and one set of blobs: setInput + forward must not

@@ -109,9 +109,18 @@ def install_wheels(bundle: Path, cache: Path, arm: Arm64) -> tuple[Path, list[st
     installed = {(normalized(w.split()[0]), w.split()[1]) for w in wheels}
     if any(name == "torch" for name, _ in installed):
         raise Failed("torch entered the bundle's environment")
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    device = {"python_version": python, "platform_machine": "aarch64", "sys_platform": "linux"}
     for line in requirements.read_text().splitlines():
-        pinned = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)\s*$", line)
-        if pinned and (normalized(pinned.group(1)), pinned.group(2)) not in installed:
+        try:
+            wanted = Requirement(line)
+        except InvalidRequirement:
+            continue  # a comment, a blank line, the wheel's path
+        if wanted.marker is not None and not wanted.marker.evaluate(device):
+            continue  # a line for another Python or machine
+        pins = [s.version for s in wanted.specifier if s.operator == "=="]
+        if pins and (normalized(wanted.name), pins[0]) not in installed:
             raise Failed(f"{line} is not what was installed for aarch64: {', '.join(wheels)}")
     arm.site = site
     return site, wheels
