@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy import sweep
+from deploy import sweep, sweep_report
 from deploy.v2_client import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, PROTOCOLS, first_answer, grpc_infer, http_infer,
                               protocol_infer, server_address)
 from runtimes.cli import EXIT_FAILED, csv_list, positive_int, run_cli, seconds
@@ -269,7 +269,7 @@ def sweep_addresses(args: argparse.Namespace) -> dict[str, str]:
         raise LoadError("--model and --bundle both name the model; give one")
     if args.variant is not None and args.bundle is None:
         raise LoadError("--variant picks a model inside a bundle; pass --bundle DIR too")
-    if args.plot is not None and not sweep.has_matplotlib():
+    if args.plot is not None and not sweep_report.has_matplotlib():
         raise LoadError("--plot needs matplotlib: pip install matplotlib")
     addresses = {}
     for protocol in args.protocols:
@@ -325,13 +325,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     report = {"model": str(used.model), "precision": precision, "in_process_on": used.label(), "addresses": addresses,
               **report}
     print(f"{Path(used.model).name} ({precision}, in-process on {used.label()}), {len(images)} images from {folder}")
-    print(sweep.table(report))
+    print(sweep_report.table(report))
     if args.json is not None:
         from runtimes.atomic import write_text
 
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.plot is not None:
-        sweep.plot(report, args.plot,
+        sweep_report.plot(report, args.plot,
                    title=f"{Path(used.model).name} ({precision}, {used.label()}): closed-loop sweep, every answer checked")
     if report["wrong"]:
         first = next(row for row in report["levels"] if row["first_wrong"])

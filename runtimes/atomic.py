@@ -38,6 +38,18 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def write_figure(path: str | Path, fig) -> Path:
+    """A matplotlib figure as a PNG at ``path`` (110 dpi), written as :func:`write_bytes` does; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes(path, buffer.getvalue())
+
+
 def _fsync_folder(folder: Path) -> None:
     """Flush a folder's entries to disk: on POSIX a rename is durable only then. Windows cannot open folders."""
     if os.name != "posix":

@@ -251,7 +251,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtimes.atomic import write_bytes
+    from runtimes.atomic import write_figure
 
     fig, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
@@ -278,12 +278,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     throughput.legend(fontsize=8)
     fig.suptitle(f"{Path(report['model']).name} on {report['machine']['model']}, {report['machine']['physical_cores']} cores")
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    write_figure(path, fig)
 
 
 def default_providers(model: Path, ckpt: Path | None) -> list[str]:

@@ -106,17 +106,9 @@ def print_plan(args, candidates: list, skipped: list, reference, pairs: int, out
 
 def plot(record: dict[str, Any], path: Path) -> None:
     """Write :func:`figure` as a PNG, atomically."""
-    import io
+    from runtimes.atomic import write_figure
 
-    import matplotlib.pyplot as plt
-
-    from runtimes.atomic import write_bytes
-
-    fig = figure(record)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    write_figure(path, figure(record))
 
 
 def figure(record: dict[str, Any]):

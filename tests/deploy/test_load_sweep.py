@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from deploy import sweep
+from deploy import sweep, sweep_report
 from deploy.load import main
 from deploy.v2_client import ClientError
 from runtimes.tolerances import FP32, INT8
@@ -167,7 +167,7 @@ def test_a_sweep_of_the_real_server_finds_no_wrong_answer(servers, demo_export, 
     report_path, plot_path = tmp_path / "sweep.json", tmp_path / "sweep.png"
     arguments = ["--sweep", "--http", real.http, "--grpc", real.grpc, "--model", str(demo_export.path), *TINY,
                  "--json", str(report_path)]
-    if sweep.has_matplotlib():
+    if sweep_report.has_matplotlib():
         arguments += ["--plot", str(plot_path)]
     status = main(arguments)
     out, err = capsys.readouterr()
@@ -185,7 +185,7 @@ def test_a_sweep_of_the_real_server_finds_no_wrong_answer(servers, demo_export, 
     assert [line.split()[:2] for line in lines[3:9]] == [[p, c] for p in ("rest-binary", "rest-json", "grpc")
                                                          for c in ("1", "2")]
     assert all(line.startswith(f"knee {p}: ") for line, p in zip(lines[9:12], ("rest-binary", "rest-json", "grpc")))
-    if sweep.has_matplotlib():
+    if sweep_report.has_matplotlib():
         assert plot_path.read_bytes().startswith(b"\x89PNG")
 
 
