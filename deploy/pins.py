@@ -72,3 +72,16 @@ JETPACK6 = {
     "numpy": "1.26.4",
     "opencv-python-headless": "4.11.0.86",
 }
+
+
+def device_environment(python: str, machine: str) -> dict[str, str]:
+    """The environment-marker values of a Linux CPython ``python`` ("3.10") on ``machine`` ("aarch64"):
+    what pip evaluates requirements.txt's markers against on that device. For checks made here
+    (pip itself evaluates them against the Python running it, whatever --python-version says)."""
+    from packaging.markers import default_environment  # pip's own; the checks that call this have it
+
+    env = default_environment()
+    env.update(python_version=python, python_full_version=f"{python}.0", platform_machine=machine,
+               sys_platform="linux", platform_system="Linux", os_name="posix", implementation_name="cpython",
+               platform_python_implementation="CPython")
+    return env

@@ -111,7 +111,9 @@ def install_wheels(bundle: Path, cache: Path, arm: Arm64) -> tuple[Path, list[st
         raise Failed("torch entered the bundle's environment")
     from packaging.requirements import InvalidRequirement, Requirement
 
-    device = {"python_version": python, "platform_machine": "aarch64", "sys_platform": "linux"}
+    from deploy.pins import device_environment
+
+    device = device_environment(python, "aarch64")
     for line in requirements.read_text().splitlines():
         try:
             wanted = Requirement(line)

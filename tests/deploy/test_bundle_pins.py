@@ -11,14 +11,13 @@ from email.parser import Parser
 from importlib import metadata
 
 import pytest
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 import deploy.bundle
 from deploy.bundle import requirements
-from deploy.pins import JETPACK6, PY310, PYTHONS, REQUIRES_PYTHON
+from deploy.pins import JETPACK6, PY310, PYTHONS, REQUIRES_PYTHON, device_environment
 from deploy.wheel import build_wheel
 
 MACHINES = ("x86_64", "aarch64")
@@ -55,14 +54,6 @@ def build(request, monkeypatch):
     return versions
 
 
-def environment(python: str, machine: str) -> dict[str, str]:
-    env = default_environment()
-    env.update(python_version=python, python_full_version=f"{python}.0", platform_machine=machine,
-               sys_platform="linux", platform_system="Linux", os_name="posix", implementation_name="cpython",
-               platform_python_implementation="CPython")
-    return env
-
-
 def device_lines(targets: list[str], python: str, machine: str) -> dict[str, list[Requirement]]:
     """{package: the lines pip installs for it on ``python`` and ``machine``}, every package named counted."""
     chosen: dict[str, list[Requirement]] = {}
@@ -71,7 +62,7 @@ def device_lines(targets: list[str], python: str, machine: str) -> dict[str, lis
             continue
         requirement = Requirement(line)
         chosen.setdefault(canonicalize_name(requirement.name), [])
-        if requirement.marker is None or requirement.marker.evaluate(environment(python, machine)):
+        if requirement.marker is None or requirement.marker.evaluate(device_environment(python, machine)):
             chosen[canonicalize_name(requirement.name)].append(requirement)
     return chosen
 

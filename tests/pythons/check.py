@@ -44,12 +44,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # deploy.pins and deploy.bundle.requirements (this venv's versions)
 
-from packaging.markers import default_environment  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402
 from packaging.utils import canonicalize_name  # noqa: E402
 
 from deploy.bundle import requirements  # noqa: E402
-from deploy.pins import JETPACK6, PY310, PYTHONS  # noqa: E402
+from deploy.pins import JETPACK6, PY310, PYTHONS, device_environment  # noqa: E402
 
 SAMPLES = [REPO / "samples" / "images" / name for name in ("red_checker_0.jpg", "blue_vstripes_1.jpg")]
 MACHINES = ("x86_64", "aarch64")
@@ -112,13 +111,11 @@ def find_python(version: str) -> tuple[Path | None, str]:
         f"; refused {'; '.join(refused)})" if refused else ")")
 
 
-def environment(python: str, machine: str) -> dict[str, str]:
-    """The marker environment of a Linux CPython ``python`` on ``machine``."""
-    env = default_environment()
-    env.update(python_version=python, python_full_version=f"{python}.0", platform_machine=machine,
-               sys_platform="linux", platform_system="Linux", os_name="posix", implementation_name="cpython",
-               platform_python_implementation="CPython")
-    return env
+def same_versions(want: dict[str, str], got: dict[str, str], asked: str) -> None:
+    """Failed unless pip installed every version in ``want`` (what ``asked`` names)."""
+    differ = {n: (v, got.get(n)) for n, v in want.items() if got.get(n) != v}
+    if differ:
+        raise Failed(f"pip installed other versions than {asked} ({asked}, installed): {differ}")
 
 
 def flatten(lines: list[str], python: str, machine: str, bundle: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
@@ -136,7 +133,7 @@ def flatten(lines: list[str], python: str, machine: str, bundle: Path, leave_out
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         chosen.setdefault(name, [])
-        if requirement.marker is None or requirement.marker.evaluate(environment(python, machine)):
+        if requirement.marker is None or requirement.marker.evaluate(device_environment(python, machine)):
             chosen[name].append(line)
             requirement.marker = None
             if name not in leave_out:
@@ -314,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             where = check_wheel_runs(python, venv, bundle)
             want = pinned(flatten(demo_lines, version, here, bundle))
             got = installed(python)
-            differ = {n: (v, got.get(n)) for n, v in want.items() if got.get(n) != v}
-            if differ:
-                raise Failed(f"pip installed other versions than requirements.txt pins (pinned, installed): {differ}")
+            same_versions(want, got, "requirements.txt pins")
             print(f"   runtimes from {where}", flush=True)
             print(f"   verify: {check_verify(python, bundle)}", flush=True)
             print(f"   run: {check_run(python, bundle)}", flush=True)
@@ -359,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             check_wheel_runs(python, venv, bundle)
             got = installed(python)
             want = pinned([p for p in packages if not p.startswith("./")])
-            differ = {n: (v, got.get(n)) for n, v in want.items() if got.get(n) != v}
-            if differ:
-                raise Failed(f"pip installed other versions than asked (asked, installed): {differ}")
+            same_versions(want, got, "asked")
             print(f"   verify --provider cpu: {check_verify(python, bundle, '--provider', 'cpu')}", flush=True)
             print(f"   run --provider cpu: {check_run(python, bundle, '--provider', 'cpu')}", flush=True)
             checked(name, began)
