@@ -156,6 +156,12 @@ def _model_entries(model: Path, variants: list[str]) -> list[tuple[str, Path, Mo
                 f"{path} is not the {precision} variant of {model.name}: it says precision {spec.precision} and "
                 f"checkpoint {spec.checkpoint_sha256[:12] or 'none'}, the model {base.checkpoint_sha256[:12] or 'none'}"
             )
+        gate = spec.variant.get("gate") or {}
+        if gate and not gate.get("passed", True):
+            raise BundleError(
+                f"{path} failed its gate when converters.quantize made it (written only with --allow-failing): "
+                f"{gate.get('summary', '?')}; make it again with --repair, or leave {precision} out of --variants"
+            )
         entries.append((precision, path, spec))
     return [("fp32", model, base), *entries]
 
@@ -315,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         f"on the device: cd {folder.name} && pip install -r requirements.txt && python -m runtimes.verify --bundle . "
         "&& python -m runtimes.tune --bundle ."
     )
+    for m in manifest["models"]:
+        repair = m["spec"].get("variant", {}).get("repair")
+        if repair:
+            print(f"{m['precision']} was repaired by converters.quantize --repair, as its spec records: {repair['steps']}; "
+                  f"{len(repair['fp32_nodes'])} nodes kept in fp32 beyond the default")
     return 0
 
 

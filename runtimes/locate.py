@@ -18,6 +18,13 @@ A tensor diverges when its relative L2 error exceeds the precision's budget and 
 the candidate runtime, fed the reference's own inputs: a large local error names a
 culprit; small local errors under a growing total are accumulated error.
 
+An int8 culprit is run alone twice: fed through its input's QuantizeLinear as in the
+model, and fed past it (the exact fp32 input, its own int8 weights). When only the first
+is wrong, the fault is not the layer but the int8 range of the tensor it reads (an
+outlier channel crushing the others to a few levels): the suggestion then names that
+tensor's unit, the layer that makes it, its activation and every layer that reads it,
+because keeping only the reader in fp32 still reads the quantized tensor.
+
 Needs the ``onnx`` package (no torch): ``pip install onnx``.
 """
 
@@ -61,6 +68,8 @@ class TensorStat:
     cosine: float | None = None
     inherited: float = 0.0  # the largest error among its inputs
     local: float | None = None  # the node alone, fed the reference's inputs
+    local_exact: float | None = None  # int8: the same, fed past its input's quantization
+    quantized_input: str | None = None  # int8: the reference tensor its layer reads through Q/DQ
     layer: str = ""  # the candidate's node that computes this tensor (a fused Conv for a Relu's output)
     layer_op: str = ""
 
@@ -75,6 +84,7 @@ class TensorStat:
                 "observable": self.observable, "rel_l2": self.rel_l2, "max_abs": self.max_abs,
                 "cosine": self.cosine, "inherited": self.inherited,
                 "jump": None if self.jump in (None, math.inf) else self.jump, "local": self.local,
+                "local_exact": self.local_exact,
                 "layer": self.layer, "layer_op": self.layer_op}
 
 
@@ -287,7 +297,12 @@ def locate(reference_model, candidate_model, provider: str, precision: str, x: n
         s.local, model, inputs = _local(s, candidate_model, by_ref, {**feeds, **ref}, provider, options)
         if located.reduced is None and s.local is not None and s.local > budget:
             located.reduced, located.reduced_inputs = model, inputs
-    located.verdict = _verdict(stats, diverging, budget, precision, final_rel)
+        if precision == "int8" and s.local is not None and s.local > budget:
+            s.local_exact = _local(s, candidate_model, by_ref, {**feeds, **ref}, provider, options, exact=True)[0]
+            layer = next((n for n in candidate_model.graph.node if n.name == s.layer), None)
+            reads = [_quantized_activation(name, producers) for name in (layer.input if layer is not None else [])]
+            s.quantized_input = next((r for r in reads if r is not None), None)
+    located.verdict = _verdict(stats, diverging, budget, precision, final_rel, reference_model)
     return located
 
 
@@ -357,14 +372,15 @@ def _inherit(stats: list[TensorStat], ref_nodes) -> None:
             effective[out] = s.rel_l2 if s.rel_l2 is not None else inherited
 
 
-def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options):
+def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options, exact: bool = False):
     """The candidate's node for ``s`` alone, on the candidate runtime, fed the reference's
     inputs (``ref``: every reference tensor and the graph input): (its relative L2 error,
-    that model serialized, its inputs)."""
+    that model serialized, its inputs). ``exact``: fed past the QuantizeLinear of each
+    activation it reads, so only its own int8 weights count."""
     cand_out = by_ref[s.tensor]
     producers = {out: node for node in candidate_model.graph.node for out in node.output}
     initializers = {i.name for i in candidate_model.graph.initializer}
-    boundary: list[str] = []
+    feeds: dict[str, np.ndarray] = {}
     todo = list(producers[cand_out].input) if cand_out in producers else []
     seen = set()
     while todo:
@@ -372,16 +388,18 @@ def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options):
         if not name or name in seen or name in initializers:
             continue
         seen.add(name)
-        if name in ref and name != s.tensor and name in producers and \
+        source = _quantized_activation(name, producers)
+        if exact and source is not None and source in ref:
+            feeds[name] = ref[source]
+        elif name in ref and name != s.tensor and name in producers and \
                 producers[name].op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast"):
-            boundary.append(name)
+            feeds[name] = ref[name]
         elif name in producers:
             todo += list(producers[name].input)
         elif name in ref:  # the graph's input
-            boundary.append(name)
-    if not boundary:
+            feeds[name] = ref[name]
+    if not feeds:
         return None, None, {}
-    feeds = {name: ref[name] for name in boundary}
     try:
         shapes = {cand_out: ref[s.tensor].shape}
         part = cut(candidate_model, feeds, [cand_out], shapes)
@@ -393,17 +411,60 @@ def _local(s: TensorStat, candidate_model, by_ref, ref, provider, options):
         k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()}
 
 
+def _quantized_activation(name: str, producers: dict) -> str | None:
+    """The fp32 tensor that ``name`` is the DequantizeLinear(QuantizeLinear(...)) of, if it is one."""
+    dq = producers.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = producers.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+# Activations int8 folds into the tensor's range (ONNX Runtime's quantizer drops them): a
+# tensor's unit reaches back through them to the layer that computes it.
+_FOLDED = ("Relu", "Clip")
+
+
+def tensor_unit(model, tensor: str) -> list[str]:
+    """The nodes that must stay in fp32 for ``tensor`` to stay fp32 in an int8 model: the
+    layer that computes it, the activations between, and every node that reads it."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    unit: list[str] = []
+    node = producers.get(tensor)
+    while node is not None:
+        unit.insert(0, node.name)
+        if node.op_type not in _FOLDED:
+            break
+        node = producers.get(node.input[0])
+    readers = {tensor}
+    for n in model.graph.node:  # what reads the tensor, or the activation's output made from it
+        if any(i in readers for i in n.input):
+            if n.op_type in _FOLDED:
+                readers.add(n.output[0])
+                unit.append(n.name)
+            else:
+                unit.append(n.name)
+    return list(dict.fromkeys(u for u in unit if u))
+
+
 def _verdict(stats: list[TensorStat], diverging: list[TensorStat], budget: float, precision: str,
-             final_rel: float | None) -> dict[str, Any]:
+             final_rel: float | None, reference_model=None) -> dict[str, Any]:
     observed = [s for s in stats if s.rel_l2 is not None]
     at_logits = final_rel if final_rel is not None else (observed[-1].rel_l2 if observed else 0.0)
     growth = [[s.index, s.tensor, round(s.rel_l2, 6)] for s in observed]
     culprit = next((s for s in diverging if s.local is not None and s.local > budget
                     and s.local >= CULPRIT_SHARE * min(at_logits, max(x.rel_l2 for x in observed))), None)
     if culprit is not None:
-        return {"kind": "culprit", "node": culprit.layer or culprit.node, "op": culprit.layer_op or culprit.op,
-                "tensor": culprit.tensor, "index": culprit.index, "reference_node": culprit.node, "rel_l2": culprit.rel_l2, "local": culprit.local, "inherited": culprit.inherited,
-                "cause": _cause(culprit, precision), "suggestion": _suggestion(culprit, precision)}
+        found = {"kind": "culprit", "node": culprit.layer or culprit.node, "op": culprit.layer_op or culprit.op,
+                 "tensor": culprit.tensor, "index": culprit.index, "reference_node": culprit.node,
+                 "rel_l2": culprit.rel_l2, "local": culprit.local, "local_exact": culprit.local_exact,
+                 "inherited": culprit.inherited, "fault": "layer", "keep_fp32": [culprit.layer or culprit.node]}
+        if culprit.local_exact is not None and culprit.local_exact <= budget and culprit.quantized_input \
+                and reference_model is not None:
+            found.update(fault="input", input_tensor=culprit.quantized_input,
+                         keep_fp32=tensor_unit(reference_model, culprit.quantized_input))
+        found["cause"], found["suggestion"] = _cause(found, precision), _suggestion(found, precision)
+        return found
     steps = [s for s in observed if math.isfinite(s.rel_l2)]
     step = max(steps, key=lambda s: s.rel_l2 - s.inherited, default=None)  # where the most error is added
     most = None if step is None else {"node": step.layer or step.node, "op": step.layer_op or step.op,
@@ -416,8 +477,12 @@ def _verdict(stats: list[TensorStat], diverging: list[TensorStat], budget: float
     return {"kind": "none", "logits_rel_l2": at_logits, "growth": growth, "most_divergent": most}
 
 
-def _cause(s: TensorStat, precision: str) -> str:
-    op = s.layer_op or s.op
+def _cause(found: dict[str, Any], precision: str) -> str:
+    op = found["op"]
+    if precision == "int8" and found["fault"] == "input":
+        return (f"the int8 range of its input {found['input_tensor']} loses it: this {op} is right "
+                f"({found['local_exact']:.2e}) when fed that tensor in fp32; one channel far wider than the others "
+                "leaves them a few int8 levels")
     if precision == "int8":
         return f"this {op} computes wrongly in int8 on its own: a broken scale, or a layer int8 cannot represent"
     if precision == "fp32":
@@ -425,9 +490,12 @@ def _cause(s: TensorStat, precision: str) -> str:
     return f"this {op} loses too much in {precision} on its own"
 
 
-def _suggestion(s: TensorStat, precision: str) -> str | None:
-    if precision == "int8" and (s.layer_op or s.op) in ("Conv", "Gemm", "MatMul"):
-        return f"keep it in fp32: python -m converters.quantize --precision int8 --keep-fp32 {s.layer or s.node}"
+def _suggestion(found: dict[str, Any], precision: str) -> str | None:
+    if precision == "int8" and found["fault"] == "input":
+        return ("let quantize equalize or re-range it: python -m converters.quantize --precision int8 --repair; "
+                f"or keep the tensor in fp32: --keep-fp32 {','.join(['classifier', *found['keep_fp32']])}")
+    if precision == "int8" and found["op"] in ("Conv", "Gemm", "MatMul"):
+        return f"keep it in fp32: python -m converters.quantize --precision int8 --keep-fp32 classifier,{found['node']}"
     if precision in ("bf16", "f16", "fp16"):
         return "run this model in fp32 on this runtime, or keep this layer in fp32"
     return None

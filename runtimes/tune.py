@@ -225,6 +225,7 @@ def tune(args: argparse.Namespace, out=None, err=None) -> int:
             "warnings": warnings,
             "seconds": round(time.monotonic() - started, 1),
             "candidates": [c.record(choice, args.metric == "throughput") for c in _ordered(candidates + skipped)],
+            "repaired": report.repaired_models(opened.models),
         }
     from runtimes.atomic import write_text
 

@@ -33,6 +33,8 @@ def markdown(record: dict[str, Any], path: Path, written: bool = True) -> str:
         p99 = f"{t['p99_ms']:.2f}" if t else ""
         lines.append(f"| {shown} | {gate} | {p50} | {p99} | {vs} | {c['status']} | {_cell(c['reason'])} |")
     lines.append("")
+    for precision, repair in record.get("repaired", {}).items():
+        lines.append(repair_line(precision, repair))
     labelled = next((c["labelled"] for c in record["candidates"] if c.get("labelled")), None)
     if labelled:
         lines.append(f"labelled: {labelled['images']} images, compared with fp32 image by image; with no image "
@@ -64,6 +66,21 @@ def markdown(record: dict[str, Any], path: Path, written: bool = True) -> str:
         else:
             lines.append(f"not confirmed in fresh processes: {confirmation['why']}")
     return "\n".join(lines)
+
+
+def repaired_models(models: dict) -> dict[str, dict[str, Any]]:
+    """precision -> what ``converters.quantize --repair`` did to make that model, for the bundle's repaired models."""
+    return {precision: m.spec.variant["repair"] for precision, m in models.items() if m.spec.variant.get("repair")}
+
+
+def repair_line(precision: str, repair: dict[str, Any]) -> str:
+    """What the repair did to a model in the table, and what it cost in speed where it was measured."""
+    speed = repair.get("speed") or {}
+    cost = (f"; at repair its speed-up over fp32 on ONNX Runtime CPU was {speed['kept']:.0%} of the plain int8 "
+            f"model's ({speed['speedup repaired int8']:.2f}x against {speed['speedup plain int8']:.2f}x, "
+            f"{speed.get('cpu', 'CPU not recorded')})" if "kept" in speed else "")
+    return (f"{precision} is repaired (converters.quantize --repair): {repair.get('steps', '?')}; "
+            f"{len(repair.get('fp32_nodes', []))} nodes kept in fp32 beyond the default{cost}")
 
 
 def label(config: dict[str, Any]) -> str:

@@ -121,7 +121,7 @@ def test_default_calibration_warns_and_bad_requests_are_one_line(demo_export, tm
     )
     assert proc.returncode == 0, proc.stderr
     assert "freshly generated demo images" in proc.stderr and "calibrating on 20 images" in proc.stderr
-    assert "top-1 agreement with the fp32 model" in proc.stdout
+    assert "gate passed: cpu: top-1 100.0% on the 18 reference images" in proc.stdout
     with pytest.raises(ExportError, match="already a int8 model"):
         quantize(tmp_path / "q.onnx", "int8")
     with pytest.raises(ExportError, match="is not a directory of images"):

@@ -95,7 +95,7 @@ def test_a_broken_int8_scale_names_its_layer(demo, demo_int8, tmp_path):
     report = diagnose(model, tmp_path / "bad.int8.onnx", "cpu", "int8", reference, reference.inputs[0])
     verdict = report["verdict"]
     assert verdict["kind"] == "culprit" and verdict["node"] == conv.name, report["line"]
-    assert verdict["suggestion"].endswith(f"--keep-fp32 {conv.name}")
+    assert verdict["suggestion"].endswith(f"--keep-fp32 classifier,{conv.name}")
     assert _upstream_clean(report)
 
 
