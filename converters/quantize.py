@@ -138,17 +138,20 @@ class Int8Maker:
     and calibrated once per method, where ONNX Runtime keeps a calibration cache (1.22+);
     the repair makes several variants of the same model."""
 
-    def __init__(self, model_path: Path, spec: ModelSpec, inputs: np.ndarray, work: Path, progress: Progress) -> None:
+    def __init__(self, model_path: Path, spec: ModelSpec, inputs: np.ndarray, work: Path, progress: Progress,
+                 *, prepared: bool = False) -> None:
+        """``prepared``: ``model_path`` is already pre-processed (an equalized copy of ``self.prepared``)."""
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.spec, self.inputs, self.work, self.progress = spec, inputs, Path(work), progress
         self.work.mkdir(parents=True, exist_ok=True)
-        self.prepared = self.work / "prepared.onnx"
-        progress.step("shape inference and graph clean-up before quantizing")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(model_path), str(self.prepared))
+        self.prepared = Path(model_path) if prepared else self.work / "prepared.onnx"
+        if not prepared:
+            progress.step("shape inference and graph clean-up before quantizing")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(model_path), str(self.prepared))
         self.graph = onnx.load(str(self.prepared))
         self.node_names = [node.name for node in self.graph.graph.node]
 
@@ -290,8 +293,7 @@ def quantize(
         repaired = None
         if not verdict.passed and repair:
             repaired = Repairer(
-                model=model, spec=spec, inputs=inputs, gate=gate, method=method, kept=kept,
-                make_maker=lambda path, folder: Int8Maker(path, parent, inputs, folder, progress),
+                model=model, spec=spec, inputs=inputs, gate=gate, method=method, kept=kept, maker=maker,
                 stamp=lambda path: _stamp(path, spec), work=work, budget_s=repair_budget_s,
                 max_fp32_nodes=max_fp32_nodes, progress=progress,
             ).run(made, verdict)

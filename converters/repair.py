@@ -81,11 +81,11 @@ class Repaired:
 
 class Repairer:
     def __init__(self, *, model: Path, spec, inputs: np.ndarray, gate: Gate, method: str, kept: list[str],
-                 make_maker, stamp, work: Path, budget_s: float, max_fp32_nodes: int, progress: Progress) -> None:
-        """``make_maker(fp32_path, folder)`` gives an ``Int8Maker``; ``stamp(path)`` writes the
-        variant's spec into a made file, as the gate and the runtimes read it."""
+                 maker, stamp, work: Path, budget_s: float, max_fp32_nodes: int, progress: Progress) -> None:
+        """``maker``: the ``converters.quantize.Int8Maker`` that made the failing variant;
+        ``stamp(path)`` writes the variant's spec into a made file, as the gate and the runtimes read it."""
         self.model, self.spec, self.inputs, self.gate = model, spec, inputs, gate
-        self.method, self.kept, self.make_maker, self.stamp = method, kept, make_maker, stamp
+        self.method, self.kept, self.plain_maker, self.stamp = method, kept, maker, stamp
         self.work, self.budget_s, self.max_fp32_nodes, self.progress = work, budget_s, max_fp32_nodes, progress
         self.started = time.monotonic()
         self.count = 0
@@ -126,7 +126,8 @@ class Repairer:
         self.progress.step("repair: equalizing Conv -> Relu -> Conv pairs")
         equalized, pairs, parity = self._equalize()
         if equalized is not None:
-            eq_maker = self.make_maker(equalized, self.work / "equalized")
+            eq_maker = type(self.plain_maker)(equalized, self.plain_maker.spec, self.inputs, self.work / "equalized",
+                                              self.progress, prepared=True)
             path = self._variant(eq_maker, [], {})
             made = attempt("equalize", f"equalize {len(pairs)} Conv->Relu->Conv pairs", path, began, [])
             if made.gate.passed:
@@ -135,7 +136,8 @@ class Repairer:
                 base, maker, current, current_gate, result.equalized = equalized, eq_maker, path, made.gate, pairs
         else:
             attempts.append(Attempt(f"equalize: skipped ({parity})", first_gate, time.monotonic() - began))
-        maker = maker or self.make_maker(self.model, self.work / "plain")
+        if maker is None:
+            base, maker = self.plain_maker.prepared, self.plain_maker
 
         # 2-4. locate, re-range, keep in fp32
         kept_extra: list[str] = []
@@ -212,18 +214,19 @@ class Repairer:
         from runtimes.reference import replay
         from runtimes.tolerances import FP32
 
-        model = onnx.load(str(self.model))
+        model = onnx.load(str(self.plain_maker.prepared))  # pre-processed once: equalized, it needs no more
         pairs = equalize(model)
         if not pairs:
             return None, {}, "no Conv -> Relu -> Conv pair to equalize"
         path = self.work / "equalized.fp32.onnx"
         onnx.save(model, str(path))
-        stats = compare(self.gate.expected, logits("cpu", path, self.spec, self.inputs), FP32)
+        parent = self.plain_maker.spec
+        stats = compare(self.gate.expected, logits("cpu", path, parent, self.inputs), FP32)
         checks = []
         if self.gate.reference is not None:
             from runtimes.adapters import create_runner
 
-            with create_runner("cpu", path, self.spec) as runner:
+            with create_runner("cpu", path, parent) as runner:
                 checks = replay(runner, self.gate.reference, FP32)
         if not stats.passed or not all(c.passed for c in checks):
             return None, {}, f"the equalized fp32 model strays from the original: max |d| {stats.max_abs:.2e}"
