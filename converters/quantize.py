@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -258,6 +259,13 @@ def quantize(
     if repair and precision != "int8":
         raise ExportError("--repair repairs int8 variants; an fp16 variant that fails has nothing to equalize")
     targets = list(dict.fromkeys(["cpu", *targets]))  # ONNX Runtime CPU always: the toolkit's own runtime
+    for target in targets:  # a runtime missing here is the user's to install, not the variant's failure
+        from runtimes.adapters import unavailable_reason
+        from runtimes.errors import ProviderError
+
+        reason = unavailable_reason(target)
+        if reason is not None:
+            raise ProviderError(f"--targets {target}: {reason}")
     parent = ModelSpec.from_onnx(model)
     if parent.precision != "fp32":
         raise ExportError(f"{model} is already a {parent.precision} model; quantize the fp32 export")
@@ -269,6 +277,7 @@ def quantize(
     what = "calibration" if precision == "int8" else "check"
     variant = {"parent_sha256": sha256_file(model)}
     progress = Progress(4 if not repair else 30)
+    began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, progress:
         work = Path(tmp)
         progress.step(f"fp32 logits on the {len(inputs)} {what} images")
@@ -296,7 +305,7 @@ def quantize(
                 model=model, spec=spec, inputs=inputs, gate=gate, method=method, kept=kept, maker=maker,
                 stamp=lambda path: _stamp(path, spec), work=work, budget_s=repair_budget_s,
                 max_fp32_nodes=max_fp32_nodes, progress=progress,
-            ).run(made, verdict)
+            ).run(made, verdict, time.monotonic() - began)
             if repaired.passed:
                 made, verdict = repaired.path, repaired.attempts[-1].gate
                 variant["fp32_layers"] = [*kept, *repaired.fp32_nodes]

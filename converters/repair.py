@@ -10,8 +10,9 @@ that passes:
 2. **Locate** the first culprit on a failing target (``runtimes.locate``, on calibration
    images the variant gets wrong). Its verdict names either a layer that int8 computes
    wrongly, or a tensor whose int8 range breaks the layer that reads it.
-3. For a tensor: **re-range** it from the fp32 values on the calibration images (a
-   percentile instead of the extremes), if that passes or helps.
+3. For a tensor: **re-range** it from its fp32 values on the calibration images
+   (``converters.ranges``: percentiles, then entropy, instead of the extremes), keeping
+   the best if it passes or helps.
 4. **Keep in fp32** the culprit's unit: the layer, or for a tensor the layer that makes it,
    its activation and its readers. Then locate again, and so on.
 
@@ -33,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from converters.gate import Gate, GateResult, logits
+from converters.ranges import METHODS as RANGE_METHODS, tensor_range
 from runtimes.progress import Progress
 
-PERCENTILES = (99.99, 99.9)  # re-ranging a tensor: its values' upper percentile on the calibration images
 LOCATE_IMAGES = 4  # the calibration images the locator runs on: the first the variant gets wrong
 
 
@@ -62,7 +63,7 @@ class Repaired:
     attempts: list[Attempt]
     path: Path | None  # the passing variant, in the work folder
     equalized: dict[str, float]  # pair -> largest channel factor, when equalization was kept
-    ranges: dict[str, dict[str, Any]]  # tensor -> {"percentile": p, "min": .., "max": ..}
+    ranges: dict[str, dict[str, Any]]  # tensor -> {"method": "percentile 99.99", "min": .., "max": ..}
     fp32_nodes: list[str]  # beyond the default
     seconds: float
     stopped: str = ""  # why it stopped without a pass
@@ -100,8 +101,9 @@ class Repairer:
         self.stamp(path)
         return path
 
-    def run(self, first: Path, first_gate: GateResult) -> Repaired:
-        attempts = [Attempt("plain int8", first_gate, self.elapsed())]
+    def run(self, first: Path, first_gate: GateResult, first_seconds: float) -> Repaired:
+        """Repair ``first``, the plain variant that failed ``first_gate`` (made and gated in ``first_seconds``)."""
+        attempts = [Attempt("plain int8", first_gate, first_seconds)]
         result = Repaired(False, attempts, None, {}, {}, [], 0.0)
         base, maker, current, current_gate = self.model, None, first, first_gate
         costs: dict[str, float] = {}
@@ -158,23 +160,22 @@ class Repairer:
             if tensor is not None and tensor not in tried_ranges:
                 tried_ranges.add(tensor)
                 better = None
-                for p in PERCENTILES:
+                values = self._values(base, tensor)
+                for how in RANGE_METHODS:
                     if not room("re-range"):
                         break
                     began = time.monotonic()
-                    trial = {**ranges, tensor: self._percentile_range(base, tensor, p)}
+                    trial = {**ranges, tensor: tensor_range(values, how)}
                     path = self._variant(maker, kept_extra, trial)
-                    made = attempt("re-range", f"re-range {tensor} to its {p:g}th percentile", path, began,
-                                   kept_extra, verdict["line"])
+                    made = attempt("re-range", f"re-range {tensor} by {how}", path, began, kept_extra, verdict["line"])
+                    record = {**result.ranges, tensor: {"method": how, "min": trial[tensor][0], "max": trial[tensor][1]}}
                     if made.gate.passed:
-                        ranges = trial
-                        result.ranges = self._range_record(ranges, {tensor: p}, result.ranges)
+                        result.ranges = record
                         return self._done(result, path, result.equalized, result.ranges, kept_extra, first)
-                    if made.gate.worst_top1() > current_gate.worst_top1() and (better is None or made.gate.worst_top1() > better[1].worst_top1()):
-                        better = (trial, made.gate, path, p)
+                    if made.gate.worst_top1() > (better[1] if better else current_gate).worst_top1():
+                        better = (trial, made.gate, path, record)
                 if better is not None:
-                    ranges, current_gate, current = better[0], better[1], better[2]
-                    result.ranges = self._range_record(ranges, {tensor: better[3]}, result.ranges)
+                    ranges, current_gate, current, result.ranges = better
                     continue
             unit = [n for n in verdict["keep_fp32"] if n not in self.kept and n not in kept_extra]
             if not unit:
@@ -244,25 +245,16 @@ class Repairer:
         report = diagnose(base, variant, failing.target, "int8", self.gate.reference, self.inputs[chosen])
         return {**report["verdict"], "line": report["line"]}
 
-    def _percentile_range(self, base: Path, tensor: str, p: float) -> tuple[float, float]:
-        """(low, high) of ``tensor``'s fp32 values on the calibration images: the (100 - p)th and pth percentiles."""
+    def _values(self, base: Path, tensor: str) -> np.ndarray:
+        """``tensor``'s fp32 values on the calibration images."""
         import onnx
 
         from runtimes.locate import run_reference
 
         model = onnx.load(str(base))
         name = model.graph.input[0].name
-        values = np.concatenate([run_reference(model, {name: self.inputs[i: i + 8]}, [tensor])[tensor].ravel()
-                                 for i in range(0, len(self.inputs), 8)])
-        low, high = np.percentile(values, [100 - p, p])
-        return float(min(low, 0.0)), float(high)
-
-    @staticmethod
-    def _range_record(ranges, percentiles, before) -> dict[str, dict[str, Any]]:
-        record = dict(before)
-        for tensor, p in percentiles.items():
-            record[tensor] = {"percentile": p, "min": ranges[tensor][0], "max": ranges[tensor][1]}
-        return record
+        return np.concatenate([run_reference(model, {name: self.inputs[i: i + 8]}, [tensor])[tensor].ravel()
+                               for i in range(0, len(self.inputs), 8)])
 
 
 def paired_speed(models: dict[str, Path], spec, x: np.ndarray, rounds: int = 5, calls: int = 8) -> dict[str, Any]:

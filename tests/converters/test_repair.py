@@ -191,3 +191,26 @@ def test_a_repaired_variant_is_bundled_and_tuned_with_its_record(outlier_repair,
     assert "int8 is repaired (converters.quantize --repair): plain int8: top-1" in text
     assert "of the plain int8 model's" in text
     shutil.rmtree(tmp_path / "b")
+
+
+def test_a_target_runtime_missing_here_is_one_line_before_any_work(demo_export, monkeypatch, tmp_path):
+    from runtimes.adapters import RUNNERS
+    from runtimes.errors import ProviderError
+
+    monkeypatch.setitem(RUNNERS, "elsewhere", "not_installed_runtime.adapter:Runner")
+    with pytest.raises(ProviderError, match=r"^--targets elsewhere: its package not_installed_runtime is not installed"):
+        quantize(demo_export.path, "int8", targets=["cpu", "elsewhere"], out=tmp_path / "q.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_re_ranging_clips_rare_extremes_that_min_max_would_keep():
+    from converters.ranges import tensor_range
+
+    rng = np.random.default_rng(0)
+    values = np.maximum(rng.standard_normal(200_000), 0.0)  # a Relu's output
+    values[:20] = 400.0  # 0.01% of spikes: min-max would give the rest 1 or 2 of 256 levels
+    for method in ("percentile 99.99", "percentile 99.9", "entropy"):
+        low, high = tensor_range(values, method)
+        assert low == 0.0 and 2.0 < high < 40.0, (method, high)
+    low, high = tensor_range(values - 1.0, "entropy")  # signed: one threshold for both sides
+    assert low == -high and high < 40.0
