@@ -79,16 +79,6 @@ def test_plain_int8_that_fails_its_gate_exits_3_in_one_line_and_writes_nothing(f
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr
     assert "fails its gate, so it was not written: cpu: top-1" in errors[0] and "--repair" in errors[0]
     assert not out.exists() and not list(tmp_path.iterdir())
-    # --allow-failing writes it, the failure in its spec; deploy.bundle refuses to ship it
-    proc = subprocess.run([*args, "--allow-failing"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "gate FAILED (written anyway" in proc.stdout, proc.stderr
-    gate = ModelSpec.from_onnx(out).variant["gate"]
-    assert gate["passed"] is False and "cpu: top-1" in gate["summary"]
-    out.rename(model.with_name("outlier-plain.int8.onnx"))
-    proc = subprocess.run([sys.executable, "-m", "deploy.bundle", "--model", str(model), "--variants", "int8",
-                           "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "failed its gate when converters.quantize made it" in proc.stderr, proc.stderr
-    assert not (tmp_path / "b").exists()
 
 
 def test_repair_equalizes_outlier_channels_and_passes_on_cpu_and_openvino(outlier_repair):
@@ -119,8 +109,15 @@ def test_the_locator_names_the_tensor_and_its_suggestion_is_what_repairs(faulty,
 
     model = faulty / "outlier-one.onnx"
     outliers(faulty / "demo.onnx", model, places=(0,), scale=512.0)
-    plain = quantize(model, "int8", calib_count=CALIB, allow_failing=True, out=tmp_path / "plain.onnx")
-    assert not plain.gate.passed
+    # --allow-failing writes a failing variant, the failure in its spec; deploy.bundle refuses to ship it
+    plain = quantize(model, "int8", calib_count=CALIB, allow_failing=True)
+    assert not plain.gate.passed and plain.path == model.with_name("outlier-one.int8.onnx")
+    gate = ModelSpec.from_onnx(plain.path).variant["gate"]
+    assert gate["passed"] is False and "cpu: top-1" in gate["summary"]
+    proc = subprocess.run([sys.executable, "-m", "deploy.bundle", "--model", str(model), "--variants", "int8",
+                           "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "failed its gate when converters.quantize made it" in proc.stderr, proc.stderr
+    assert not (tmp_path / "b").exists()
     reference = Reference.load(model.with_name("outlier-one.reference.npz"))
     verdict = diagnose(model, plain.path, "cpu", "int8", reference, reference.inputs[1])["verdict"]
     assert verdict["fault"] == "input" and verdict["input_tensor"] == "/conv2/Relu_output_0", verdict
@@ -153,14 +150,10 @@ def test_a_model_beyond_the_limits_exits_3_with_what_was_tried(faulty, tmp_path)
     layers = [BROKEN, "/inception4a/branch2/branch2.1/conv/Conv", "/inception4d/branch3/branch3.1/conv/Conv"]
     broken_weights(faulty / "demo.onnx", model, layers)
     out, report = tmp_path / "b.int8.onnx", tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "converters.quantize", "--model", str(model), "--precision", "int8", "--calib-count",
-         str(CALIB), "--repair", "--max-fp32-nodes", "1", "--out", str(out), "--report", str(report)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 3, proc.stderr
-    error = proc.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: --repair found no int8 variant that passes: plain int8: top-1"), proc.stderr
+    with pytest.raises(GateFailed) as failed:  # runtimes.cli prints it as one error line, exit 3
+        quantize(model, "int8", calib_count=CALIB, repair=True, max_fp32_nodes=1, out=out, report=report)
+    error = str(failed.value)
+    assert "\n" not in error and error.startswith("--repair found no int8 variant that passes: plain int8: top-1")
     assert f"keep {BROKEN} in fp32: top-1" in error and "--max-fp32-nodes 1" in error
     assert not out.exists()
     record = json.loads(report.read_text())["repair"]

@@ -7,7 +7,9 @@
    requirements.txt``, ``python -m runtimes.verify --bundle .`` and ``python -m runtimes.run --bundle .
    IMAGES``, with that venv's python. The runtime that runs is the bundle's wheel, installed in the venv
    (asserted: this repository's ``runtimes`` is not importable there), and what pip installed is what
-   requirements.txt pins for that Python.
+   requirements.txt pins for that Python. Then, from a folder outside the bundle and this repository,
+   ``runtimes.doctor`` and ``runtimes.bench --bundle`` (no torch, no onnx package: doctor says so; bench
+   measures every model of the bundle).
 2. jetpack-like: Python 3.10 with JetPack 6's numpy and OpenCV (deploy.pins.JETPACK6), pillow 12.3.0,
    onnxruntime 1.23.2 (CPU) and the bundle's wheel; verify and run on the CPU provider (a GPU bundle's
    fallback; OpenCV DNN is no provider of a cuda or tensorrt bundle). It proves the runtime on that
@@ -238,6 +240,26 @@ def check_run(python: Path, bundle: Path, *flags: str) -> str:
     return f"{', '.join(answers)} ({'; '.join(said) or 'the bundle default'})"
 
 
+def check_device_tools(python: Path, bundle: Path, elsewhere: Path) -> str:
+    """runtimes.doctor and runtimes.bench on the bundle, from a folder outside it and this repository: both
+    exit 0 with nothing on stderr, with neither torch nor the onnx package installed, every model measured."""
+    doctor = sh([python, "-m", "runtimes.doctor", "--bundle", bundle], cwd=elsewhere, what="runtimes.doctor --bundle")
+    for needed in ("  onnx         not installed", "  torch        not installed", "  cpu       ok: CPUExecutionProvider"):
+        if needed not in doctor.stdout:
+            raise Failed(f"runtimes.doctor --bundle did not say {needed.strip()!r}")
+    if doctor.stderr.strip():
+        raise Failed(f"runtimes.doctor --bundle wrote to stderr: {last_line(doctor)}")
+    bench = sh([python, "-m", "runtimes.bench", "--bundle", bundle, "--providers", "cpu", "--iterations", "3",
+                "--warmup", "1", "--no-cold-start", "--json"], cwd=elsewhere, what="runtimes.bench --bundle")
+    report = json.loads(bench.stdout)
+    models = [m["precision"] for m in json.loads((bundle / "bundle.json").read_text())["models"]]
+    rows = [(r["provider"], r["precision"], r["runs_on"], r["calls"]) for r in report["rows"]]
+    if sorted(rows) != sorted(("cpu", p, ["CPUExecutionProvider"], 3) for p in models) or "torch" in report["versions"]:
+        raise Failed(f"runtimes.bench --bundle measured {rows} (versions {sorted(report['versions'])}), not every "
+                     f"model of {models} on cpu without torch")
+    return f"doctor ok; bench {', '.join(f'{r[1]} {m:.1f} ms' for r, m in zip(rows, (x['median_ms'] for x in report['rows'])))}"
+
+
 def summary(pins: dict[str, str], top: list[str]) -> str:
     shown = [f"{name} {pins[name]}" for name in top if name in pins]
     rest = len(pins) - len(shown) - ("googlenet-deploy-runtime" in pins)
@@ -315,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   runtimes from {where}", flush=True)
             print(f"   verify: {check_verify(python, bundle)}", flush=True)
             print(f"   run: {check_run(python, bundle)}", flush=True)
+            elsewhere = Path(tempfile.mkdtemp(dir=work, prefix="elsewhere."))
+            try:
+                print(f"   device tools: {check_device_tools(python, bundle, elsewhere)}", flush=True)
+            finally:
+                shutil.rmtree(elsewhere, ignore_errors=True)
             checked(name, began)
             rows.append((version, here, target, "installed", summary(got, top)))
         except Failed as exc:
