@@ -1,8 +1,9 @@
-"""Precision variants of an exported model: static int8 (QDQ) and fp16. Torch-free.
+"""Precision variants of an exported model: static int8 (QDQ) and fp16, gated before they are written. Torch-free.
 
     python -m converters.quantize --model artifacts/googlenet.onnx --precision int8|fp16
         [--calib DIR] [--calib-count N] [--method minmax|entropy|percentile]
-        [--keep-fp32 classifier|none|NODE,...] [--out PATH]
+        [--keep-fp32 classifier|none|NODE,...] [--targets cpu,openvino,...]
+        [--repair [--repair-budget-s S] [--max-fp32-nodes N] [--report PATH]] [--allow-failing] [--out PATH]
 
 - int8: ``quant_pre_process`` (shape inference, graph optimisation), then static QDQ with
   per-channel int8 weights and uint8 activations (U8S8): ONNX Runtime runs it, and
@@ -15,8 +16,10 @@
 
 The variant's spec records its precision and how it was made (the fp32 parent's sha256,
 the calibration method, image count and a hash of the file list). Before anything is
-written, the variant is loaded on ONNX Runtime CPU and its top-1 agreement with the
-parent on the calibration images is measured and reported. Output defaults to
+written, the variant passes its gate (``converters.gate``: runtimes.verify's rule on ONNX
+Runtime CPU and every ``--targets`` runtime); one that fails exits 3 and writes nothing,
+unless ``--allow-failing``. ``--repair`` (``converters.repair``) makes a failing int8
+variant pass: equalization, re-ranging, then the fewest nodes in fp32. Output defaults to
 ``<stem>.int8.onnx`` / ``<stem>.fp16.onnx`` beside the model, where ``deploy.bundle``
 and ``runtimes.bench`` look for variants.
 """
@@ -247,8 +250,6 @@ def quantize(
     """Write the ``precision`` variant of the fp32 ``model`` once it passes its gate on every
     target; see the module docstring. A failing variant raises GateFailed, unless
     ``allow_failing``: then it is written with the failure in its spec."""
-    import onnx
-
     from runtimes.atomic import write_bytes, write_text
 
     model = Path(model)

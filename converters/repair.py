@@ -152,9 +152,12 @@ class Repairer:
             self.progress.step(f"repair: locating what breaks attempt {len(attempts)}")
             verdict = self._locate(base, current, current_gate)
             costs["locate"] = time.monotonic() - began
-            if verdict is None or verdict["kind"] != "culprit":
-                result.stopped = ("the locator found no single culprit: " + (verdict["line"] if verdict else
-                                  "no failing target to locate on"))
+            if verdict is None:
+                result.stopped = ("the locator needs PyTorch's answers beside the fp32 model (<stem>.reference.npz)"
+                                  if self.gate.reference is None else "no failing target ran the variant to locate on")
+                break
+            if verdict["kind"] != "culprit":
+                result.stopped = f"the locator found no single culprit: {verdict['line']}"
                 break
             tensor = verdict.get("input_tensor") if verdict["fault"] == "input" else None
             if tensor is not None and tensor not in tried_ranges:
