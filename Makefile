@@ -29,7 +29,7 @@ demo: $(DEMO_STAMP)
 	$(PY) -m samples.demo
 
 test: $(TEST_STAMP)
-	@echo "== running the test suite (about 10 to 11 minutes on 2 cores)"
+	@echo "== running the test suite (about 11 to 12 minutes on 2 cores)"
 	$(PY) -m pytest -q
 
 # The demo bundle on an arm64 Debian userland under qemu-user (tests/aarch64): its requirements as
