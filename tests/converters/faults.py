@@ -5,7 +5,8 @@
   it. Relu(s x) = s Relu(x) for s > 0, so the fp32 function is unchanged (PyTorch's
   recorded answers still hold, copied beside it); int8's one scale per tensor is not.
 - ``broken_weights``: at the chosen Convs, one input channel is made dead (the Conv that
-  makes it has that output channel's weights and bias zeroed), then that channel's weights
+  makes it has that output channel's weights and bias zeroed: the channel quietest on the
+  seeded inputs, so the function changes least), then that channel's weights
   in the chosen Conv are set 1000 times its largest weight. 0 x w = 0, so fp32 does not
   see them, but each output channel's int8 weight scale is set by them and the real
   weights round to zero: no activation range, calibration or equalization can fix it,
@@ -80,13 +81,25 @@ def broken_weights(src: Path, dst: Path, layers: list[str]) -> None:
         assert relu.op_type == "Relu" and maker.op_type == "Conv", (relu.op_type, maker.op_type)
         wa, ba, wl = _own(model, maker, 1), _own(model, maker, 2), _own(model, layer, 1)
         w1, b1, w = (numpy_helper.to_array(t).copy() for t in (wa, ba, wl))
-        channel = 0
+        channel = _quietest_channel(src, relu.output[0])  # the function changes least
         w1[channel], b1[channel] = 0.0, 0.0  # Relu(0) = 0: the channel is dead
         w[:, channel] = 1000.0 * np.abs(w).max()
         for tensor, value in ((wa, w1), (ba, b1), (wl, w)):
             _set(tensor, value)
     onnx.save(model, str(dst))
     rerecord(src.with_name(src.stem + ".reference.npz"), dst)
+
+
+def _quietest_channel(model_path: Path, tensor: str) -> int:
+    """The channel of ``tensor`` with the smallest mean on the model's seeded reference inputs."""
+    from runtimes.locate import run_reference
+    from runtimes.reference import Reference
+
+    reference = Reference.load(model_path.with_name(model_path.stem + ".reference.npz"))
+    model = onnx.load(str(model_path))
+    values = np.concatenate([run_reference(model, {model.graph.input[0].name: x}, [tensor])[tensor]
+                             for x in reference.inputs])
+    return int(np.argmin(values.mean(axis=(0, 2, 3))))
 
 
 def rerecord(reference_path: Path, model_path: Path) -> None:
