@@ -123,7 +123,7 @@ class Gate:
             with create_runner(target, variant, spec, batch_size=BATCH) as runner:
                 result.runs_on = runner.active_providers()
                 checks = replay(runner, self.reference, tol) if self.reference is not None else []
-                got = np.concatenate([runner.infer(self.inputs[i: i + BATCH]) for i in range(0, len(self.inputs), BATCH)])
+                got = _infer_all(runner, self.inputs)
         except ToolkitError as exc:
             result.error = str(exc)
             return result
@@ -147,4 +147,8 @@ def logits(target: str, model: Path, spec, inputs: np.ndarray) -> np.ndarray:
     from runtimes.adapters import create_runner
 
     with create_runner(target, model, spec, batch_size=BATCH) as runner:
-        return np.concatenate([runner.infer(inputs[i: i + BATCH]) for i in range(0, len(inputs), BATCH)])
+        return _infer_all(runner, inputs)
+
+
+def _infer_all(runner, inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([runner.infer(inputs[i: i + BATCH]) for i in range(0, len(inputs), BATCH)])

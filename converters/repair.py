@@ -238,7 +238,7 @@ class Repairer:
 
     def _locate(self, base: Path, variant: Path, gate: GateResult) -> dict[str, Any] | None:
         """The locator's verdict on the first failing target, on calibration images the variant gets wrong there."""
-        from runtimes.locate import diagnose
+        from runtimes.diagnosis import diagnose
 
         failing = next((t for t in gate.targets if not t.passed and t.error is None), None)
         if failing is None or self.gate.reference is None:
@@ -252,7 +252,7 @@ class Repairer:
         """``tensor``'s fp32 values on the calibration images."""
         import onnx
 
-        from runtimes.locate import run_reference
+        from runtimes.cut import run_reference
 
         model = onnx.load(str(base))
         name = model.graph.input[0].name

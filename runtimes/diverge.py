@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         check_replaceable(args.out, [p for p in (args.bundle, args.model, args.candidate) if p is not None])
     import contextlib
 
-    from runtimes.locate import diagnose, precision_options, public, table, write_out
+    from runtimes.diagnosis import diagnose, precision_options, public, table, write_out
 
     with contextlib.ExitStack() as stack:
         fp32, candidate, precision, reference, spec = _source(args, stack)

@@ -31,13 +31,12 @@ Needs the ``onnx`` package (no torch): ``pip install onnx``.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtimes.cut import cut, input_types, run_candidate, run_reference, tensor_map
 from runtimes.errors import ToolkitError
 
 # Relative L2 error a tensor may carry in each precision before it counts as diverging,
@@ -50,10 +49,6 @@ BUDGETS = {"fp32": 1e-4, "fp16": 1e-2, "f16": 1e-2, "bf16": 6e-2, "int8": 0.5}
 JUMP = 2.0  # a tensor's error must be this many times its inputs' to be its own
 LOCAL_CHECKS = 3  # the first diverging nodes run alone
 CULPRIT_SHARE = 0.25  # a culprit's local error is at least this share of the error at the logits
-
-
-class LocateError(ToolkitError):
-    """The locator cannot run as asked."""
 
 
 @dataclass
@@ -100,14 +95,6 @@ class Located:
     logits_rel_l2: float | None = None  # the candidate's logits as it runs unmarked
 
 
-def onnx_module():
-    try:
-        import onnx
-    except ImportError:
-        raise LocateError("runtimes.diverge needs the onnx package (no torch): pip install onnx") from None
-    return onnx
-
-
 def compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
     """(relative L2, max |d|, cosine) of ``out`` against ``ref``."""
     r = np.asarray(ref, np.float64).ravel()
@@ -121,126 +108,6 @@ def compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
     rel = float(np.linalg.norm(d)) / norm if norm > 0 else float(np.linalg.norm(d))
     cos = float(r @ o / (norm * np.linalg.norm(o))) if norm > 0 and np.linalg.norm(o) > 0 else 1.0
     return rel, float(np.abs(d).max()) if d.size else 0.0, cos
-
-
-# --- graphs -------------------------------------------------------------------------------
-
-
-def elem_types(model) -> dict[str, int]:
-    """Every tensor's ONNX element type, followed through the graph (shape inference gives
-    up on some graphs; the types alone are enough to cut and mark them)."""
-    onnx = onnx_module()
-    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    types.update({i.name: i.data_type for i in model.graph.initializer})
-    for node in model.graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        if node.op_type == "Cast":
-            out = attrs["to"].i
-        elif node.op_type == "DequantizeLinear":
-            out = types.get(node.input[1], onnx.TensorProto.FLOAT)
-        elif node.op_type == "QuantizeLinear":
-            out = types.get(node.input[2], onnx.TensorProto.UINT8) if len(node.input) > 2 else onnx.TensorProto.UINT8
-        elif node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
-            out = onnx.TensorProto.INT64
-        else:
-            out = next((types[i] for i in node.input if i in types), onnx.TensorProto.FLOAT)
-        for name in node.output:
-            types[name] = out
-    return types
-
-
-def cut(model, feeds: dict[str, np.ndarray], outputs: list[str], shapes: dict[str, tuple] | None = None):
-    """The part of ``model`` that computes ``outputs`` from the tensors ``feeds`` names (shaped
-    as those arrays) and the initializers; with ``feeds`` holding just the graph input, the
-    whole model with ``outputs`` as its outputs. ``shapes`` gives the outputs' shapes where
-    known (OpenCV 4.x imports no output without one)."""
-    shapes = shapes or {}
-    onnx = onnx_module()
-    types = elem_types(model)
-    producers = {out: node for node in model.graph.node for out in node.output}
-    needed, todo = set(), list(outputs)
-    while todo:
-        name = todo.pop()
-        if name in feeds or name not in producers or id(producers[name]) in needed:
-            continue
-        needed.add(id(producers[name]))
-        todo += list(producers[name].input)
-    nodes = [node for node in model.graph.node if id(node) in needed]
-    used = {name for node in nodes for name in node.input}
-    missing = [n for n in used if n and n not in feeds and n not in producers and
-               n not in {i.name for i in model.graph.initializer}]
-    if missing:
-        raise LocateError(f"cannot cut the graph at {outputs}: {missing[0]} is neither fed nor computed")
-    graph = onnx.helper.make_graph(
-        nodes, "cut",
-        [onnx.helper.make_tensor_value_info(n, types[n], list(v.shape)) for n, v in feeds.items() if n in used],
-        [onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT),
-                                            list(shapes[n]) if n in shapes else None) for n in outputs],
-        initializer=[i for i in model.graph.initializer if i.name in used],
-    )
-    part = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-    return part
-
-
-def input_types(model) -> dict[str, np.dtype]:
-    onnx = onnx_module()
-    return {i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in model.graph.input}
-
-
-def tensor_map(candidate, reference_names: set[str]) -> dict[str, str]:
-    """candidate tensor -> the reference tensor it stands for."""
-    producers = {out: node for node in candidate.graph.node for out in node.output}
-    found = {}
-    for node in candidate.graph.node:
-        if node.op_type in ("Cast", "QuantizeLinear"):
-            continue
-        for out in node.output:
-            if node.op_type == "DequantizeLinear":
-                source = producers.get(node.input[0])
-                if source is not None and source.op_type == "QuantizeLinear" and source.input[0] in reference_names:
-                    found[out] = source.input[0]
-            elif out in reference_names:
-                found[out] = out
-    return found
-
-
-# --- running ---------------------------------------------------------------------------------
-
-
-def run_reference(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """``names`` on ONNX Runtime CPU with every graph optimization off."""
-    import onnxruntime as ort
-
-    from runtimes.adapters.ort_common import session_options
-
-    options = session_options(None, spinning=False)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(cut(model, feeds, names).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return dict(zip(names, session.run(names, feeds)))
-
-
-def run_candidate(provider: str, model, feeds: dict[str, np.ndarray], names: list[str],
-                  options: dict[str, Any], shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
-    """``names`` of ``model`` on ``provider``; a runtime giving one output at a time is run once per name."""
-    from runtimes.adapters import create_runner
-
-    one_at_a_time = provider == "opencv" and len(names) > 1
-    groups = [[n] for n in names] if one_at_a_time else [names]
-    found: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix="diverge-") as tmp:
-        for i, group in enumerate(groups):
-            part = cut(model, feeds, group, shapes)
-            path = Path(tmp) / f"part{i}.onnx"
-            path.write_bytes(part.SerializeToString())
-            types = input_types(part)
-            runner = create_runner(provider, path, None, **options).load_graph()
-            try:
-                found.update(runner.outputs({k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()
-                                             if k in types}, group))
-            finally:
-                runner.close()
-    return found
 
 
 # --- locating --------------------------------------------------------------------------------
@@ -517,127 +384,3 @@ def verdict_line(verdict: dict[str, Any], precision: str, provider: str) -> str:
                 f"{verdict['first_over_budget']}{step}")
     return (f"no divergence beyond the {precision} budget on {provider}: relative L2 {verdict['logits_rel_l2']:.2e} "
             f"at the logits{step}")
-
-
-# --- the whole diagnosis, for runtimes.diverge, runtimes.verify --locate and runtimes.tune ------------
-
-
-def precision_options(provider: str, precision: str) -> dict[str, Any]:
-    """The runner options that make ``provider`` run at ``precision`` (OpenVINO's bf16 or f16, TensorRT's f16)."""
-    from runtimes.tuned import RUNTIME_PRECISIONS
-
-    return dict(RUNTIME_PRECISIONS.get(provider, {}).get(precision, {}))
-
-
-def failing_input(checks, reference, spec) -> np.ndarray:
-    """The input of the first failing check of a replay (``runtimes.reference.replay``): its
-    seeded batch, or for the images the first reference image."""
-    from runtimes import preprocess
-
-    first = next(c for c in checks if not c.passed)
-    sizes = [f"seeded batch {len(x)}" for x in reference.inputs]
-    if first.name in sizes:
-        return reference.inputs[sizes.index(first.name)]
-    return preprocess.stack([preprocess.load(reference.images[0], spec, reference.image_names[0])])
-
-
-def anchor(reference_model, reference) -> None:
-    """The reference must itself give PyTorch's recorded answers within fp32 tolerance."""
-    from runtimes.errors import ParityError
-    from runtimes.parity import compare as parity
-    from runtimes.tolerances import FP32
-
-    input_name, output = reference_model.graph.input[0].name, reference_model.graph.output[0].name
-    for x, logits in zip(reference.inputs, reference.input_logits):
-        stats = parity(logits, run_reference(reference_model, {input_name: x}, [output])[output], FP32)
-        if not stats.passed:
-            raise ParityError(
-                f"the reference itself (ONNX Runtime CPU, optimizations off, on the fp32 model) does not give "
-                f"PyTorch's answers for seeded batch {len(x)}: max |d| {stats.max_abs:.2e}, {stats.violations} logits "
-                "outside fp32 tolerance; re-export the model before locating anything"
-            )
-
-
-def diagnose(fp32_model: Path, candidate: Path, provider: str, precision: str, reference, x: np.ndarray, *,
-             options: dict[str, Any] | None = None, mode: str = "auto") -> dict[str, Any]:
-    """Anchor the reference, run the candidate as it normally runs, then locate; the report as a dict."""
-    import time
-
-    from runtimes.adapters import create_runner
-
-    onnx = onnx_module()
-    started = time.perf_counter()
-    options = options or {}
-    reference_model, candidate_model = onnx.load(str(fp32_model)), onnx.load(str(candidate))
-    anchor(reference_model, reference)
-    logits, failed = None, None
-    try:
-        with create_runner(provider, candidate, None, batch_size=len(x), **options) as runner:
-            logits = runner.infer(x)
-    except ToolkitError as exc:
-        failed = str(exc)
-    located = locate(reference_model, candidate_model, provider, precision, x, mode=mode, options=options,
-                     logits=logits)
-    return {
-        "provider": provider, "precision": precision, "candidate": str(candidate), "reference": str(fp32_model),
-        "mode": located.mode, "budget": located.budget, "logits_rel_l2": located.logits_rel_l2,
-        "candidate_failed": failed,
-        "verdict": located.verdict, "line": verdict_line(located.verdict, precision, provider),
-        "notes": located.notes, "stats": [s.as_dict() for s in located.stats],
-        "seconds": round(time.perf_counter() - started, 2),
-        "_reduced": located.reduced, "_reduced_inputs": located.reduced_inputs, "_input": x,
-    }
-
-
-def table(report: dict[str, Any], rows: int = 12) -> str:
-    """The tensors around the first divergence: topo index, node, op, tensor, relative L2, jump, local error."""
-    stats = report["stats"]
-    observed = [s for s in stats if s["rel_l2"] is not None]
-    budget = report["budget"]
-    first = next((i for i, s in enumerate(stats) if s["rel_l2"] is not None and s["rel_l2"] > budget), None)
-    shown = stats[max(0, first - 3): first + rows] if first is not None else observed[-rows:]
-    lines = [f"{'#':>4}  {'node':<44} {'op':<18} {'rel L2':>9} {'jump':>8} {'local':>9}  tensor"]
-    for s in shown:
-        rel = "not obs." if not s["observable"] and s["rel_l2"] is None else (
-            f"{s['rel_l2']:.2e}" if s["rel_l2"] is not None else "-")
-        jump = f"{s['jump']:.1f}x" if s["jump"] is not None else ("new" if s["rel_l2"] and s["inherited"] == 0 else "")
-        local = f"{s['local']:.2e}" if s["local"] is not None else ""
-        lines.append(f"{s['index']:>4}  {s['node'][-44:]:<44} {s['op']:<18} {rel:>9} {jump:>8} {local:>9}  {s['tensor']}")
-    hidden = sum(1 for s in stats if not s["observable"])
-    lines.append(f"{len(observed)} of {len(stats)} tensors observed ({report['mode']}; budget relative L2 "
-                 f"{budget:g} for {report['precision']})" + (f"; {hidden} not observable on this candidate" if hidden else ""))
-    return "\n".join(lines)
-
-
-def write_out(report: dict[str, Any], folder: Path) -> list[Path]:
-    """report.json, the smallest failing model and its inputs (.npz, no pickle): written into a staging
-    folder beside ``folder`` and renamed into place, so ``folder`` holds one run's files. ``folder``
-    must be new or empty (``runtimes.atomic.check_replaceable``)."""
-    import io
-    import json
-    import shutil
-
-    from runtimes.atomic import check_replaceable, replace_dir
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
-    try:
-        (staging / "report.json").write_text(json.dumps(public(report), indent=2) + "\n", encoding="utf-8")
-        inputs = report["_reduced_inputs"] if report["_reduced"] is not None else {"input": report["_input"]}
-        buffer = io.BytesIO()
-        np.savez(buffer, **inputs)  # keyed by tensor name, as the model reads them
-        (staging / "inputs.npz").write_bytes(buffer.getvalue())
-        if report["_reduced"] is not None:
-            (staging / "reduced.onnx").write_bytes(report["_reduced"])
-        staging.chmod(0o755)  # mkdtemp makes 0700
-        check_replaceable(folder)  # runtimes.diverge checked before its run; it may have filled since
-        replace_dir(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return [folder / name for name in ("report.json", "inputs.npz", "reduced.onnx") if (folder / name).is_file()]
-
-
-def public(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if not k.startswith("_")}

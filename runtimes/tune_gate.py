@@ -311,7 +311,7 @@ def _locate(config, opened, model, reference, checks, spec) -> str | None:
 
     if importlib.util.find_spec("onnx") is None or "fp32" not in opened.models:
         return None
-    from runtimes.locate import diagnose, failing_input
+    from runtimes.diagnosis import diagnose, failing_input
 
     try:
         return diagnose(opened.model("fp32").path, model.path, config.provider, config.tolerance_precision, reference,

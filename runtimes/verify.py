@@ -133,7 +133,7 @@ def verify(
                 fp32 = opened.model("fp32").path if bundle is not None else _fp32_beside(reference_for(model, spec))
                 results[-1]["located"] = _locate(fp32, used, judged_as, reference, checks, runner.spec)
     if json_output:
-        from runtimes.locate import public
+        from runtimes.diagnosis import public
 
         record = {"source": header, "passed": not failed, "notes": notes, "models": [
             {**r, "tolerance": dataclasses.asdict(r["tolerance"]),
@@ -152,7 +152,7 @@ def verify(
             print(f"provider {r['provider']} ({', '.join(r['runs_on'])})", file=out)
             _report(r["model"], r["precision"], r["tolerance"], r["checks"], out)
             if "located" in r:
-                from runtimes.locate import table
+                from runtimes.diagnosis import table
 
                 print(table(r["located"]), file=out)
                 print(r["located"]["line"], file=out)
@@ -180,7 +180,7 @@ def _fp32_beside(reference: Path) -> Path:
 
 def _locate(fp32: Path, used, precision: str, reference, checks, spec) -> dict:
     """runtimes.locate on the input of the first failing check."""
-    from runtimes.locate import diagnose, failing_input, precision_options
+    from runtimes.diagnosis import diagnose, failing_input, precision_options
 
     options = {**precision_options(used.provider, precision), **used.options}
     return diagnose(fp32, used.model, used.provider, precision, reference, failing_input(checks, reference, spec),

@@ -92,7 +92,7 @@ def broken_weights(src: Path, dst: Path, layers: list[str]) -> None:
 
 def _quietest_channel(model_path: Path, tensor: str) -> int:
     """The channel of ``tensor`` with the smallest mean on the model's seeded reference inputs."""
-    from runtimes.locate import run_reference
+    from runtimes.cut import run_reference
     from runtimes.reference import Reference
 
     reference = Reference.load(model_path.with_name(model_path.stem + ".reference.npz"))

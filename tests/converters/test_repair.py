@@ -104,7 +104,7 @@ def test_repair_equalizes_outlier_channels_and_passes_on_cpu_and_openvino(outlie
 
 
 def test_the_locator_names_the_tensor_and_its_suggestion_is_what_repairs(faulty, tmp_path):
-    from runtimes.locate import diagnose
+    from runtimes.diagnosis import diagnose
     from runtimes.reference import Reference
 
     model = faulty / "outlier-one.onnx"

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
-from runtimes.locate import BUDGETS, diagnose
+from runtimes.diagnosis import diagnose
+from runtimes.locate import BUDGETS
 from runtimes.reference import Reference
 from tests.helpers import provider_param
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtimes.atomic import OutputRefused
-from runtimes.locate import write_out
+from runtimes.diagnosis import write_out
 
 REPO = Path(__file__).resolve().parents[2]
 
