@@ -1,6 +1,6 @@
 # Each target creates .venv when missing and installs again only when pyproject.toml changes.
 # `make demo` installs what the demo needs (the convert extra: torch CPU, onnx, onnxsim);
-# `make test` adds OpenVINO, the serving stack (kserve, Ray, tritonclient), Ray Data and pytest to the same venv.
+# `make test` adds OpenVINO, the serving stack (kserve, Ray, tritonclient) and pytest to the same venv.
 VENV        := .venv
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip install --quiet --disable-pip-version-check
@@ -20,7 +20,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	@touch $@
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	@echo "== installing the test extras into $(VENV): OpenVINO, kserve, Ray (and Ray Data), tritonclient, pytest (about 1 GB more;"
+	@echo "== installing the test extras into $(VENV): OpenVINO, kserve, Ray, tritonclient, pytest (about 1 GB more;"
 	@echo "   a minute or two from a warm pip cache)"
 	$(PIP) -e ".[convert,openvino,bench,serve,batch,test]"
 	@touch $@

@@ -2,65 +2,65 @@
 
     python -m deploy.batch INPUT OUTPUT [--model M | --bundle DIR|TAR [--variant P]] [--provider P]
         [--address auto|ray://HOST:PORT] [--actors N|MIN:MAX] [--threads N] [--batch-size N]
-        [--topk K] [--exact] [--max-pixels N] [--format parquet|jsonl] [--mode create|overwrite]
-        [--max-crash-retries N] [--no-runtime-env]
+        [--topk K] [--exact] [--max-pixels N] [--format parquet|jsonl]
+        [--mode create|overwrite|resume] [--rows-per-part N] [--max-crash-retries N]
+        [--stall-timeout-s S] [--no-runtime-env]
 
 INPUT is a folder or glob, a URI prefix (``s3://bucket/photos/``), or a manifest file of
-paths or URIs, one a line (``deploy.batch_inputs``). OUTPUT is a folder of part files
-with one row per input (parquet: path, label, labels, probs, class_index, error,
-preprocess; jsonl: the line ``runtimes.run --json`` prints, byte for byte) and
-``_manifest.json``, written last: a finished run has one, a crashed run has no OUTPUT.
-The folder is written beside OUTPUT and renamed into place at the end; ``--mode create``
-(the default) refuses an existing OUTPUT, ``overwrite`` replaces it whole, but only when it is
-empty or an earlier output of this tool (its ``_manifest.json`` and the parts it names); an
-OUTPUT that is, holds or lies inside INPUT is refused in either mode.
+paths or URIs, one a line (``deploy.batch_inputs``), listed as a stream. OUTPUT is a
+folder of part files with one row per input (parquet: path, path_bytes, label, labels,
+probs, class_index, error, preprocess; jsonl: the line ``runtimes.run --json`` prints,
+byte for byte), committed as the job runs, and ``_manifest.json``, written last
+(``deploy.batch_output``).
 
-Exactly once, checked: the driver writes every row itself, drops a row Ray delivers twice,
-and compares the paths written with the input list. Inputs that a crashed process took
-with it (named by the actors' ledger), and any input still unanswered when the Ray passes
-end, are classified one at a time in a child process: an image that kills its process
-costs only itself, and gets an error row naming the crash.
+``--mode create`` (the default) refuses an existing OUTPUT. ``resume`` continues a killed
+or failed job in the same OUTPUT: its committed parts are kept and their inputs skipped;
+it refuses in one line when the model, the inputs or a flag that changes answers differ
+from the first run's. ``overwrite`` starts again, removing only what an earlier run of this
+tool wrote. An OUTPUT that is, holds or lies inside INPUT is refused in every mode.
+
+Exactly once, checked: the driver hands out every batch and writes every row itself, each
+record checked to be the one for the name sent; each part's rows must carry the paths of
+its range of the listing, and at the end every part must be committed. A batch whose
+process died is retried (``--max-crash-retries``), then classified one input at a time
+in a child process (``deploy.batch_rescue``): an image that kills its process costs only
+itself, and gets an error row naming the crash.
 
 Without ``--address``, a private local cluster runs in a temp folder of its own and is
 stopped at the end. With one, the model's bytes travel through Ray's object store and
 each actor checks their sha256 before loading; a bundle's runtime wheel travels in the
-job's ``runtime_env`` (``--no-runtime-env`` when every node has it installed).
+job's ``runtime_env`` (``--no-runtime-env`` when every node has it installed). With
+``--bundle``, a gated ``tuned.json`` choice is obeyed as ``runtimes.run`` obeys it.
 
 Exit status: 0 every input answered, 1 some inputs have error rows (as ``runtimes.run``),
-2 a user error (one line), 3 the job itself failed.
+2 a user error (one line), 3 the job itself failed (the committed parts are kept), 130
+Ctrl-C and 143 SIGTERM (the committed parts are kept: ``--mode resume`` goes on).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
-import subprocess
+import signal
 import sys
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.batch_classify import Job, cached_model, sha256_bytes
-from deploy.batch_inputs import list_inputs
-from deploy.batch_output import MANIFEST, PartWriter, check_inputs_outside, check_output
-from runtimes.atomic import replace_dir, write_text
-from runtimes.cli import EXIT_FAILED, EXIT_PARITY_FAILED, add_max_pixels, positive_int, run_cli
-from runtimes.errors import ToolkitError, first_line
-from runtimes.progress import Progress
+from deploy.batch_classify import Job, JobFailed, sha256_bytes
+from deploy.batch_inputs import Listing
+from deploy.batch_job import Parts, classify, plan, preflight
+from deploy.batch_output import ROWS_PER_PART, Output, refuse_early
+from runtimes.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARITY_FAILED, EXIT_TERMINATED, add_max_pixels,
+                          positive_int, run_cli, seconds)
 from runtimes.spec import DEFAULT_MODEL
 
 EXIT_JOB_FAILED = EXIT_PARITY_FAILED  # 3: the job, not an input
-PASSES = 3  # Ray passes before every unanswered input goes to the one-at-a-time rescue
-RESCUE_TIMEOUT_S = 120  # per image, in the rescue process
+STALL_TIMEOUT_S = 300
 
 
-class JobFailed(Exception):
-    pass
+class Terminated(BaseException):
+    """SIGTERM, what schedulers send: unwinds as Ctrl-C does, so that every clean-up runs."""
 
 
 def parse_actors(text: str) -> tuple[int, int]:
@@ -75,8 +75,9 @@ def parse_actors(text: str) -> tuple[int, int]:
     return pool
 
 
-def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path | None]:
-    """The job every worker runs, the model's bytes, and the bundle's runtime wheel (if any)."""
+def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path | None, dict]:
+    """The job every worker runs, the model's bytes, the bundle's runtime wheel (if any), and
+    the configuration chosen and why (for the manifest)."""
     from runtimes.cli import runner_options
 
     def options_for(provider: str) -> dict:  # one thread an actor unless told: actors are the parallelism
@@ -93,19 +94,24 @@ def resolve_model(stack: contextlib.ExitStack, args) -> tuple[Job, bytes, Path |
         provider = args.provider or opened.providers[0]
         options = options_for(provider)
         config = _tuned_configuration(opened, args)
+        configuration = {"from": "flags" if args.provider or args.variant else "the bundle's default",
+                         "provider": provider, "variant": chosen.precision}
         if config is not None:
             chosen, provider = opened.model(config.model_precision), config.provider
             options = {**config.options(), **options_for(provider)}  # the actors' threads, not the tuned process's
+            configuration = {"from": "tuned.json", "provider": provider, "precision": config.precision,
+                             "tuned": config.label()}
         data = chosen.path.read_bytes()
         wheel = next(iter(sorted((opened.root / "wheels").glob("*.whl"))), None)
         job = Job(f"{args.bundle}:{chosen.path.relative_to(opened.root)}", sha256_bytes(data), chosen.spec.to_json(),
                   **{**common, "provider": provider, "options": options})
-        return job, data, wheel
+        return job, data, wheel, {**configuration, "options": options}
     from runtimes.spec import ModelSpec, require_model
 
     data = require_model(args.model).read_bytes()
     spec = ModelSpec.from_onnx(args.model).to_json()  # for a decode stage, which loads no model
-    return Job(str(args.model), sha256_bytes(data), spec, **common), data, None
+    configuration = {"from": "flags", "provider": common["provider"], "options": options}
+    return Job(str(args.model), sha256_bytes(data), spec, **common), data, None, configuration
 
 
 def _tuned_configuration(opened, args):
@@ -136,178 +142,68 @@ def _tuned_configuration(opened, args):
     return None
 
 
-def rescue(names: list[str], job: Job, model_file: Path | None) -> Iterator[tuple[str, str, bool]]:
-    """(name, record, crashed) for each of ``names``, classified one at a time in a child
-    process; an input the child dies on gets an error record, and a new child goes on."""
-    queue = list(names)
-    while queue:
-        header = json.dumps({"job": job.to_json(), "model": str(model_file)})
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.batch_classify"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = proc.communicate(header + "\n" + "".join(n + "\n" for n in queue),
-                                        timeout=RESCUE_TIMEOUT_S * len(queue) + 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        lines = out.splitlines()
-        if not lines or lines[0] != "ready":  # it never loaded the model: no input is to blame
-            said = err.strip().splitlines()[-1] if err.strip() else "no output"
-            raise JobFailed(f"the rescue process (on this machine, with provider {job.provider}) could not start: {said}")
-        records = lines[1:]
-        for name, record in zip(queue, records):
-            yield name, record, False
-        if len(records) >= len(queue):
-            return
-        dead = queue[len(records)]
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-        yield dead, json.dumps({"image": dead, "error": f"the worker process died ({how}) classifying this image, "
-                                                        "alone in its own process"}), True
-        queue = queue[len(records) + 1:]
-
-
 def run(args) -> int:
     started = time.perf_counter()
     out = Path(args.output)
-    check_output(out, args)
-    names = list_inputs(args.input)
-    if out.exists():
-        check_inputs_outside(out, names)
+    refuse_early(out, args.mode, args.input)
+    listing = Listing.survey(args.input, inside=out)  # one streamed pass: how many, and their names' sha256
     with contextlib.ExitStack() as stack:
-        job, model_bytes, wheel = resolve_model(stack, args)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        staging.chmod(0o755)  # mkdtemp makes 0700; the output is meant to be read by others
-        stack.callback(shutil.rmtree, staging, ignore_errors=True)  # gone once renamed into place
-        writer = PartWriter(staging, args.format)
-        answered: set[str] = set()
-        per_node: Counter[str] = Counter()
-        summary = _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node)
-        missing = [n for n in names if n not in answered]
-        crashed = []
-        model_file = cached_model(model_bytes, job.sha256) if missing else None  # for the rescue process
-        for name, record, died in rescue(missing, job, model_file):
-            answered.add(name)
-            writer.add(record)
-            per_node["rescue process"] += 1
-            if died:
-                crashed.append(name)
-        writer.close()
-        if len(answered) != len(names) or writer.rows != len(names):
-            raise JobFailed(f"{writer.rows} rows for {len(names)} inputs after the rescue; OUTPUT not written")
-        manifest = {
-            "complete": True, "inputs": len(names), "rows": writer.rows, "errors": writer.errors,
-            "parts": writer.parts, "format": args.format,
-            "model": {"name": job.model_name, "sha256": job.sha256, "provider": job.provider},
-            "versions": _versions(), "wall_s": round(time.perf_counter() - started, 2),
-            "rows_by_node": dict(per_node), "rescued": missing, "crashed": crashed, **summary,
+        job, model_bytes, wheel, configuration = resolve_model(stack, args)
+        fingerprint = {
+            "model_sha256": job.sha256, "provider": job.provider,
+            "options": {k: v for k, v in sorted(job.options.items()) if k != "threads"},
+            "topk": job.topk, "exact": job.exact, "max_pixels": job.max_pixels, "format": args.format,
+            "rows_per_part": args.rows_per_part, "listing": {"inputs": listing.count, "sha256": listing.sha256},
         }
-        write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        replace_dir(staging, out)
+        preflight(job, args.address)
+        output = Output.open(out, args.mode, fingerprint, args.input)
+        if output.complete:
+            done = output.record
+            print(f"{out} is complete already ({done['rows']} rows, {done['errors']} errors): nothing to resume",
+                  file=sys.stderr)
+            return EXIT_FAILED if done["errors"] else 0
+        if output.reused:
+            print(f"resuming {out}: {output.reused} of {listing.count} rows committed by earlier runs are kept",
+                  file=sys.stderr)
+        parts = Parts(output, listing.count)
+        try:
+            summary = classify(parts, plan(args.input, output, listing, args.batch_size, parts), listing, job,
+                               model_bytes, wheel, args)
+            parts.check_complete()
+        except BaseException:
+            if not output.abandon():  # a run that committed nothing leaves nothing behind
+                print(f"{out}: {output.rows()} of {listing.count} rows committed; --mode resume with the same "
+                      "inputs, model and flags finishes the rest", file=sys.stderr)
+            raise
+    parts_done = output.record["parts"]
+    crashed = [name for part in parts_done.values() for name in part.get("crashed", [])]
+    manifest = {
+        "complete": True, "inputs": listing.count, "rows": output.rows(), "errors": output.errors(),
+        "format": args.format, "parts": parts_done, "fingerprint": fingerprint,
+        "model": {"name": job.model_name, "sha256": job.sha256, "provider": job.provider},
+        "configuration": configuration, "versions": _versions(),
+        "reused": output.reused, "resumed": output.record["resumed"],
+        "wall_s": round(time.perf_counter() - started, 2), "rows_by_node": dict(parts.by_node),
+        "rescued": parts.rescued, "crashed": crashed, **summary, **_driver_costs(),
+    }
+    output.finish(manifest)
     for name in crashed:
         print(f"{name}: crashed the process classifying it (an error row says so)", file=sys.stderr)
-    print(f"{len(names)} inputs, {writer.rows} rows in {out} ({writer.errors} errors, {len(crashed)} crashed a worker) "
-          f"in {manifest['wall_s']:.1f} s; rows by node: "
-          + ", ".join(f"{k[:12]} {v}" for k, v in per_node.items()), file=sys.stderr)
-    return EXIT_FAILED if writer.errors else 0
+    print(f"{listing.count} inputs, {manifest['rows']} rows in {out} ({manifest['errors']} errors, {len(crashed)} "
+          f"crashed a worker{f', {output.reused} reused' if output.reused else ''}) in {manifest['wall_s']:.1f} s; "
+          "rows by node: " + ", ".join(f"{k[:12]} {v}" for k, v in parts.by_node.items()), file=sys.stderr)
+    return EXIT_FAILED if manifest["errors"] else 0
 
 
-def _ray_passes(names, job, model_bytes, wheel, args, writer, answered, per_node) -> dict:
-    """Classify ``names`` on the cluster; what the rescue must do is whatever is not in ``answered`` after."""
-    from deploy import batch_ray
-
-    runtime_env = {"py_modules": [str(wheel)]} if wheel and args.address and not args.no_runtime_env else None
-    if not args.address:  # the private cluster is this machine: a runtime it lacks is a one-line error now
-        from runtimes.adapters import unavailable_error, unavailable_reason
-
-        reason = unavailable_reason(job.provider)
-        if reason is not None:
-            raise unavailable_error(job.provider, reason)
-    _check_reachable(args.address)
-    began = time.perf_counter()
+def _driver_costs() -> dict[str, float]:
+    """This process's peak resident memory and CPU time: the driver alone, not Ray's daemons or actors."""
     try:
-        cluster = batch_ray.start_cluster(args.address, args.cpus, runtime_env)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ToolkitError(f"cannot start or reach the Ray cluster{' at ' + args.address if args.address else ''}: "
-                           f"{first_line(exc)}") from None
-    startup = time.perf_counter() - began
-    actors = args.actors or (1, max(1, int(cluster["cpus"] // max(1, args.threads or 1))))
-    try:
-        cpus = batch_ray.actor_cpus(cluster, actors[1], args.threads or 1, args.split_decode)
-    except ToolkitError:
-        batch_ray.shutdown()
-        raise
-    progress = Progress(len(names), sys.stderr, quiet_up_to=args.batch_size)
-    failures, duplicates, verified, workers = [], 0, {}, []
-    try:
-        model_ref = batch_ray.put_model(model_bytes)
-        pending, suspects = list(names), []
-        for _ in range(PASSES):
-            ledger, failed = batch_ray.new_ledger(), None
-            try:
-                for name, record, node in batch_ray.run_pass(
-                        pending, job, model_ref, ledger, actors=actors, cpus=cpus,
-                        max_crash_retries=args.max_crash_retries, batch_size=args.batch_size,
-                        split_decode=args.split_decode):
-                    if name in answered:
-                        duplicates += 1
-                        continue
-                    answered.add(name)
-                    writer.add(record)
-                    per_node[node] += 1
-                    progress.advance()
-            except Exception as exc:  # a Ray pass failed: find what the dead took with them
-                refused = _model_refused(exc)
-                if refused:
-                    raise JobFailed(refused) from None
-                failed = exc
-            report = batch_ray.ledger_report(ledger)
-            verified.update(report["verified"])
-            workers += report["workers"]
-            if failed is None:
-                break
-            if not report["workers"] and not answered:
-                raise JobFailed(f"no actor could start: {_last_error_line(failed)}")
-            failures.append(f"{type(failed).__name__}: {first_line(failed)[:300]}")
-            suspects += [n for n in report["in_hand"] if n not in answered]
-            held = set(suspects)
-            pending = [n for n in pending if n not in answered and n not in held]
-            if not pending:
-                break
-    finally:
-        progress.clear()
-        batch_ray.shutdown()
-    return {"cluster": cluster, "actors": list(actors), "actor_cpus": cpus, "startup_s": round(startup, 2),
-            "ray_failures": failures, "duplicates_dropped": duplicates, "verified_on": verified,
-            "actor_processes": workers}
-
-
-def _check_reachable(address: str | None) -> None:
-    """A HOST:PORT that refuses connections is one line now (Ray itself retries for minutes)."""
-    import re
-    import socket
-
-    found = re.fullmatch(r"(?:ray://)?([\w.-]+):(\d+)", address or "")
-    if found:
-        try:
-            socket.create_connection((found.group(1), int(found.group(2))), timeout=10).close()
-        except OSError as exc:
-            raise ToolkitError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
-                               "start one (`ray start --head`) or leave --address out for a private one") from None
-
-
-def _model_refused(exc: BaseException) -> str | None:
-    """The worker's own line when the model was refused (its sha256), wherever Ray wrapped it."""
-    for line in str(exc).splitlines():
-        if "refused on " in line and "sha256" in line:
-            return line.strip().split("BundleError: ", 1)[-1]
-    return None
-
-
-def _last_error_line(exc: BaseException) -> str:
-    """The innermost error Ray's wrapped message carries, on one line."""
-    lines = [line.strip() for line in str(exc).splitlines() if "Error" in line and ": " in line]
-    return (lines[-1] if lines else first_line(exc))[:500]
+        import resource
+    except ImportError:  # Windows
+        return {}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"driver_peak_rss_mb": round(usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1),
+            "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
 
 
 def _versions() -> dict[str, str]:
@@ -340,22 +236,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="decode in a stage of its own, before the actors: pays where decoding is the bottleneck "
                              "and the actors are GPUs, or photos are large and nodes many; costs the tensors' memory")
     parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
-    parser.add_argument("--mode", choices=("create", "overwrite"), default="create",
-                        help="create refuses an existing OUTPUT (default); overwrite replaces an empty one or an earlier "
-                             "output of this tool, whole")
+    parser.add_argument("--mode", choices=("create", "overwrite", "resume"), default="create",
+                        help="create refuses an existing OUTPUT (default); resume continues a killed or failed run in "
+                             "OUTPUT (or starts one where there is none); overwrite starts again, removing only what "
+                             "an earlier run of this tool wrote")
+    parser.add_argument("--rows-per-part", type=positive_int, default=ROWS_PER_PART,
+                        help=f"inputs per part file, each committed when full: what a crash can lose "
+                             f"(default: {ROWS_PER_PART})")
     parser.add_argument("--max-crash-retries", type=int, default=1,
-                        help="restarts of a crashed actor, and retries of its block, before its inputs go "
+                        help="retries of a batch whose process died, on another actor, before its inputs go "
                              "one at a time to a rescue process (default: 1)")
+    parser.add_argument("--stall-timeout-s", type=seconds, default=STALL_TIMEOUT_S, metavar="S",
+                        help=f"fail the job when no batch finishes for S seconds, naming what it waited for "
+                             f"(default: {STALL_TIMEOUT_S})")
     parser.add_argument("--no-runtime-env", action="store_true",
                         help="with --address and a bundle: the nodes have the runtime installed; do not ship its wheel")
     args = parser.parse_args(argv)
     if args.max_crash_retries < 0:
         parser.error("--max-crash-retries must be 0 or more")
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         return run(args)
     except JobFailed as exc:
         print(f"error: the job failed: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """One worker of ``deploy.batch``: the model, checked by sha256, and a classifier over inputs.
 
-Used in two places: inside each Ray actor, and in the child process that answers, one
-image at a time, the inputs of a block lost to a crash (``python -m deploy.batch_classify``,
-which reads a JSON job on its first stdin line, then one input a line, and writes one
-record a line, flushed, so that a crash names the input it died on).
+Used in two places: inside each Ray actor (``deploy.batch_ray``), and in the child process
+that answers, one image at a time, the inputs of a batch lost to crashes
+(``deploy.batch_rescue``). Each record is the line ``runtimes.run --json`` prints for that
+input, byte for byte. No Ray and no torch here.
 
-Each record is the line ``runtimes.run --json`` prints for that input, byte for byte.
-No Ray and no torch here.
+The model is loaded from the bytes whose sha256 was checked, never from a shared path that
+another process could swap: they are written into a private folder (0700, this process's
+own), checked again through the open file just before loading, and the folder is removed
+once the runtime has read them.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
+import os
+import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtimes.atomic import write_bytes
-from runtimes.bundle import sha256_file
 from runtimes.errors import BundleError, ImageError
 
 
@@ -52,14 +54,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def cached_model(data: bytes, sha256: str) -> Path:
-    """The model's one copy on this machine, shared by its actors and rescue processes: named
-    by its sha256, checked before reuse, written atomically (a process killed mid-write leaves
-    no half model behind)."""
-    path = Path(tempfile.gettempdir()) / "googlenet-batch-models" / f"{sha256}.onnx"
-    if not path.is_file() or sha256_file(path) != sha256:
-        write_bytes(path, data)
-    return path
+class JobFailed(Exception):
+    """The job itself failed (exit 3), not one input: the message says why, in one line."""
 
 
 class Worker:
@@ -73,10 +69,17 @@ class Worker:
             raise BundleError(f"model {job.model_name} refused on {where}: its sha256 is {got[:12]}..., "
                               f"the job's is {job.sha256[:12]}...; the file changed or did not arrive whole")
         self.job = job
-        self.model_path = cached_model(model_bytes, got)
-        spec = spec_of(job) if job.spec_json else None
-        self.classifier = Classifier(self.model_path, job.provider, batch_size=job.batch_size, spec=spec,
-                                     exact=job.exact, workers=job.workers, max_pixels=job.max_pixels, **job.options)
+        folder = tempfile.mkdtemp(prefix="googlenet-batch-model-")  # 0700: this process's alone
+        try:
+            path = Path(folder) / f"{got[:16]}.onnx"
+            path.write_bytes(model_bytes)
+            check_private(path, got)
+            spec = spec_of(job) if job.spec_json else None
+            self.classifier = Classifier(path, job.provider, batch_size=job.batch_size, spec=spec, exact=job.exact,
+                                         workers=job.workers, max_pixels=job.max_pixels, **job.options)
+            _ = self.classifier.spec  # read now: nothing reads the file after this
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def classify(self, names: list[str]) -> list[str]:
         """One ``runtimes.run --json`` line per input, in order; an unreadable input is its own error."""
@@ -133,32 +136,22 @@ def spec_of(job: Job):
     return ModelSpec.from_json(job.spec_json, "the job")
 
 
-def columns(data: dict[str, Any]) -> dict[str, Any]:
-    """The table row of one parsed record: path, label, labels, probs, class_index, error, preprocess."""
-    topk = data.get("topk") or []
-    return {
-        "path": data["image"],
-        "label": topk[0]["label"] if topk else None,
-        "labels": [t["label"] for t in topk],
-        "probs": [t["prob"] for t in topk],
-        "class_index": topk[0]["index"] if topk else None,
-        "error": data.get("error"),
-        "preprocess": data.get("preprocess"),
-    }
-
-
-def child_main() -> int:
-    """The rescue child: the job and model file on the first line, then inputs, one a line."""
-    first = json.loads(sys.stdin.readline())
-    job = Job.from_json(first["job"])
-    worker = Worker(job, Path(first["model"]).read_bytes(), "the rescue process")
-    print("ready", flush=True)
-    for line in sys.stdin:
-        name = line.rstrip("\n")
-        print(worker.classify([name])[0], flush=True)
-    worker.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())
+def check_private(path: Path, sha256: str) -> None:
+    """Refuse to load ``path`` unless, through one open file, it is a plain file of ours in a folder
+    only we can enter, and its bytes hash to ``sha256``."""
+    folder = os.stat(path.parent, follow_symlinks=False)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        info = os.fstat(fd)
+        mine = getattr(os, "getuid", lambda: info.st_uid)()
+        if (not stat.S_ISREG(info.st_mode) or info.st_uid != mine or folder.st_uid != mine
+                or stat.S_IMODE(folder.st_mode) & 0o077):
+            raise BundleError(f"the model's private copy {path} is not private; refusing to load it")
+        digest = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != sha256:
+        raise BundleError(f"the model's private copy {path} changed before loading; refusing to load it")

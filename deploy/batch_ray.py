@@ -1,18 +1,19 @@
-"""The Ray side of ``deploy.batch``: a cluster, an actor pool of workers, and what each
-crash leaves behind. Imported only by ``deploy.batch`` (the ``batch`` extra: ``ray[data]``).
+"""The Ray side of ``deploy.batch``: a cluster, a pool of classifying actors, and the driver's
+scheduler. Imported only by ``deploy.batch`` (the ``batch`` extra).
 
-The pipeline is ``from_items(paths)`` -> ``map_batches(ClassifyActor)`` on an actor pool
--> the driver, which writes every row itself. Decoding happens inside the actor (the
-least memory: no image crosses the object store). The traps of Ray's defaults, each
-avoided here on purpose:
+Plain Ray actors, no Ray Data: the driver hands each actor one batch of paths at a time,
+so it always knows which inputs a process holds. A batch whose actor dies (a crashing
+image, a killed process, a lost node) is retried on another actor up to
+``max_crash_retries`` times, then handed back as lost, for the one-at-a-time rescue. A
+dead actor is replaced. Actors never restart themselves (``max_restarts=0``): an input
+that kills its process cannot loop, and Ray has nothing to warn about at shutdown.
 
-- unlimited actor restarts and task retries: an input that kills its process would loop
-  forever. Both are bounded (``max_crash_retries``); when they run out, the pass fails,
-  and the ledger says which inputs were in the dead process's hands;
-- an actor asking for every CPU leaves none for Ray Data's own tasks, and the job hangs
-  with no warning: each actor asks for less than its share;
-- Ray's writers append, escape ``/`` in JSON, and lose order with two actors or a retry:
-  the driver writes the rows, one per input, checked against the input list.
+Only the paths travel to the actors and only the records come back: each actor reads and
+decodes its own inputs (the least memory; no image crosses the object store). With
+``split_decode`` a decode task per batch runs first, its tensors passed to the actor.
+
+A watchdog fails the job when nothing finishes for ``stall_s`` seconds, naming what it
+waited for.
 """
 
 from __future__ import annotations
@@ -20,162 +21,261 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
-import warnings
+import time
+from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.data import ActorPoolStrategy
 
-from deploy.batch_classify import Job, Worker, decode, spec_of
+from deploy.batch_classify import Job, JobFailed, Worker, decode, spec_of
 
-# The share of a CPU each actor leaves free for Ray Data's scheduling and block tasks.
-CPU_HEADROOM = 0.9
-# A decode stage's CPUs: other than any actor's, so that Ray Data does not fuse it into the
-# actors (it fuses a task stage whose resources match), which would undo the split.
+if TYPE_CHECKING:
+    from deploy.batch_job import Batch
+
+# A decode task's CPUs, where decoding has a stage of its own.
 DECODE_CPUS = 0.45
+PRIVATE_PREFIX = "googlenet-ray-"
+OWNER = "googlenet-batch.owner"  # in a private cluster's temp folder: "pid starttime" of the driver
 _private: list[str] = []  # the temp folder of the private cluster this process started
 
 
-@ray.remote(num_cpus=0)
-class Ledger:
-    """Which inputs each live actor has in hand: what a crash would take with it."""
-
-    def __init__(self) -> None:
-        self.in_hand: dict[str, list[str]] = {}
-        self.verified: dict[str, str] = {}  # node -> the model sha256 its actors checked
-        self.workers: list[str] = []  # node:pid of every actor process that loaded the model
-
-    def begin(self, key: str, names: list[str]) -> None:
-        self.in_hand[key] = names
-
-    def end(self, key: str) -> None:
-        self.in_hand.pop(key, None)
-
-    def loaded(self, key: str, node: str, sha256: str) -> None:
-        self.verified[node] = sha256
-        self.workers.append(key)
-
-    def report(self) -> dict[str, Any]:
-        return {"in_hand": [n for names in self.in_hand.values() for n in names], "verified": dict(self.verified),
-                "workers": list(self.workers)}
-
-
 class ClassifyActor:
-    """One worker in a Ray actor: the model from the object store, checked by sha256 on arrival."""
+    """One worker in a Ray actor: the model's bytes from the object store, checked by sha256."""
 
-    def __init__(self, job_json: str, model_ref: list, ledger) -> None:
+    def __init__(self, job_json: str, model: bytes) -> None:
         self.node = ray.get_runtime_context().get_node_id()
-        self.key = f"{self.node}:{os.getpid()}"
-        job = Job.from_json(job_json)
-        self.worker = Worker(job, ray.get(model_ref[0]), f"node {self.node[:12]}")
-        self.ledger = ledger
-        ray.get(ledger.loaded.remote(self.key, self.node, job.sha256))
-        self.batches = 0
+        self.job = Job.from_json(job_json)
+        self.worker = Worker(self.job, model, f"node {self.node[:12]}")
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        names = [str(n) for n in batch["path"]]
-        key = f"{self.key}#{self.batches}"
-        self.batches += 1
-        ray.get(self.ledger.begin.remote(key, names))  # before the work: a crash from here on names them
-        if "tensor" in batch:  # decoded by the decode stage
-            loaded = [(n, t if not e else str(e), str(m) or None)
-                      for n, t, e, m in zip(names, batch["tensor"], batch["error"], batch["mode"])]
-            records = self.worker.classify_prepared(loaded)
+    def ready(self) -> dict[str, Any]:
+        return {"node": self.node, "pid": os.getpid(), "sha256": self.job.sha256}
+
+    def classify(self, names: list[str]) -> list[str]:
+        return self.worker.classify(names)
+
+    def classify_decoded(self, decoded: list[tuple[str, Any, str | None]]) -> list[str]:
+        return self.worker.classify_prepared(decoded)
+
+
+def decode_task(names: list[str], job_json: str) -> list[tuple[str, Any, str | None]]:
+    """The decode stage: (name, CHW tensor or error message, mode) for each input."""
+    job = Job.from_json(job_json)
+    return decode(job, spec_of(job), names)
+
+
+@dataclass
+class _Actor:
+    handle: Any
+    node: str = ""
+    key: str = ""  # node:pid, once ready
+
+
+class Pool:
+    """Classifying actors and the scheduler that feeds them; ``run`` yields each batch's records."""
+
+    def __init__(self, job: Job, model_ref, *, actors: tuple[int, int], cpus: float, max_crash_retries: int,
+                 stall_s: float, split_decode: bool = False, batches: int | None = None) -> None:
+        self.job, self.model_ref = job, model_ref
+        self.low, self.high = actors
+        self.first = max(self.low, min(self.high, batches or self.low))  # no more actors than batches to start with
+        self.cpus, self.retries, self.stall_s, self.split = cpus, max_crash_retries, stall_s, split_decode
+        self.starting: dict[Any, _Actor] = {}  # ready() ref -> actor
+        self.idle: deque[_Actor] = deque()
+        self.busy: dict[Any, tuple[_Actor, Batch]] = {}  # result ref -> (actor, batch)
+        self.again: deque[Batch] = deque()  # batches to retry
+        self.verified: dict[str, str] = {}  # node -> the sha256 its actors checked
+        self.processes: list[str] = []  # node:pid of every actor that loaded the model
+        self.deaths: list[str] = []
+        self.start_failures: list[str] = []
+        self._decode = ray.remote(decode_task).options(num_cpus=DECODE_CPUS, max_retries=max_crash_retries)
+        self._actor_class = ray.remote(ClassifyActor).options(
+            num_cpus=cpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
+
+    def run(self, batches: Iterator[Batch]) -> Iterator[tuple[Batch, list[str] | None, str]]:
+        """(batch, records, node) as batches finish; records None for a batch lost to crashes (its
+        ``deaths`` say how), for the rescue."""
+        for _ in range(self.first):
+            self._start()
+        source, drained, last = iter(batches), False, time.monotonic()
+        try:
+            while True:
+                while self.idle:
+                    batch = self.again.popleft() if self.again else None if drained else next(source, None)
+                    if batch is None:
+                        drained = True
+                        break
+                    self._submit(self.idle.popleft(), batch)
+                if drained and not self.busy and not self.again:
+                    return
+                if not self.starting and not self.busy and not self.idle:
+                    raise JobFailed(f"every actor died and none can start: {self._why()}")
+                done, _ = ray.wait([*self.starting, *self.busy], num_returns=1, timeout=1.0)
+                if not done:
+                    if time.monotonic() - last > self.stall_s:
+                        raise JobFailed(f"no progress in {self.stall_s:g} s (--stall-timeout-s): {self.waiting_for()}")
+                    continue
+                last = time.monotonic()
+                (ref,) = done
+                if ref in self.starting:
+                    self._started(ref, more_work=not drained)
+                    continue
+                actor, batch = self.busy.pop(ref)
+                try:
+                    records = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    lost = self._failed(actor, batch, exc)
+                    if lost is not None:
+                        yield lost, None, ""
+                    continue
+                self.idle.append(actor)
+                yield batch, records, actor.node
+        finally:
+            for actor in [*self.starting.values(), *self.idle, *(a for a, _ in self.busy.values())]:
+                ray.kill(actor.handle, no_restart=True)
+
+    def _start(self) -> None:
+        actor = _Actor(self._actor_class.remote(self.job.to_json(), self.model_ref))
+        self.starting[actor.handle.ready.remote()] = actor
+
+    def _started(self, ref, more_work: bool) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            reason = _cause(exc)
+            if "refused on " in reason and "sha256" in reason:
+                raise JobFailed(reason.split("BundleError: ", 1)[-1]) from None
+            self.start_failures.append(reason)
+            if len(self.start_failures) > 2 * self.high:
+                raise JobFailed(f"actors keep failing to start ({len(self.start_failures)} times): {reason}") from None
+            if not self.starting and not self.idle and not self.busy:
+                self._start()
+            return
+        actor.node, actor.key = info["node"], f"{info['node']}:{info['pid']}"
+        self.verified[info["node"]] = info["sha256"]
+        self.processes.append(actor.key)
+        self.idle.append(actor)
+        live = len(self.starting) + len(self.idle) + len(self.busy)
+        if more_work and live < self.high:  # scale up while work remains, one actor at a time
+            self._start()
+
+    def _submit(self, actor: _Actor, batch: Batch) -> None:
+        if self.split:
+            decoded = self._decode.remote(batch.names, self.job.to_json())
+            ref = actor.handle.classify_decoded.remote(decoded)
         else:
-            records = self.worker.classify(names)
-        ray.get(self.ledger.end.remote(key))
-        return {"path": names, "record": records, "node": [self.node] * len(names)}
+            ref = actor.handle.classify.remote(batch.names)
+        self.busy[ref] = (actor, batch)
+
+    def _failed(self, actor: _Actor, batch: Batch, exc: Exception) -> Batch | None:
+        """The batch's attempt failed: retry it, or hand it back as lost (returned)."""
+        died = isinstance(exc, ray.exceptions.RayActorError)
+        if not died and not self.split:  # our own code raised inside a live actor: not an input's crash
+            raise JobFailed(f"an actor failed on node {actor.node[:12]}: {_cause(exc)}") from None
+        how = f"{'the actor process' if died else 'the decode task'} on node {actor.node[:12]} died: {_cause(exc)}"
+        batch.attempts += 1
+        batch.deaths.append(how)
+        if died:
+            self.deaths.append(how)
+            self._start()  # a replacement, scheduled wherever the cluster has room
+        else:
+            self.idle.append(actor)
+        if batch.attempts > self.retries:
+            return batch
+        self.again.append(batch)
+        return None
+
+    def waiting_for(self) -> str:
+        """What the pool waits for, in one line."""
+        if self.busy:
+            held = sorted(self.busy.values(), key=lambda pair: (pair[1].part, pair[1].offset))
+            first = held[0][1]
+            return (f"{len(self.busy)} batch(es) unfinished on {len(held)} actor(s) (the first: {len(first.names)} "
+                    f"inputs from {first.names[0]!r}, on node {held[0][0].node[:12]} pid "
+                    f"{held[0][0].key.rsplit(':', 1)[-1]})")
+        free = ray.available_resources().get("CPU", 0.0)
+        return (f"{len(self.starting)} actor(s) to start, each asking for {self.cpus:g} CPU; the cluster has "
+                f"{free:g} CPU free")
+
+    def _why(self) -> str:
+        return (self.deaths or self.start_failures or ["no reason given"])[-1]
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error Ray's wrapped message carries, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line and ": " in line]
+    return (named[-1] if named else lines[0] if lines else type(exc).__name__)[:500]
 
 
 def start_cluster(address: str | None, cpus: int | None, runtime_env: dict | None = None) -> dict[str, Any]:
     """Connect to ``address``, or start a private local cluster in a temp folder of its own."""
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    logging.getLogger("ray").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                                   runtime_env=runtime_env)
+    ours = signal.getsignal(signal.SIGTERM)  # ray.init puts its own in (exit 15, a C++ stack dump): ours goes back
     if address:
         ray.init(address=address, **kwargs)
     else:
-        _private.append(tempfile.mkdtemp(prefix="googlenet-ray-"))
+        _remove_stale_clusters()
+        _private.append(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
+        (Path(_private[-1]) / OWNER).write_text(_identity(os.getpid()) or "")
         ray.init(num_cpus=cpus, _temp_dir=_private[-1], **kwargs)
+    signal.signal(signal.SIGTERM, ours)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_cpus = [n.get("Resources", {}).get("CPU", 0) for n in nodes]
     return {"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU", 0),
             "min_node_cpus": min((c for c in node_cpus if c > 0), default=0)}
 
 
-def decode_batch(batch: dict[str, Any], job_json: str) -> dict[str, Any]:
-    """The decode stage: each input's CHW float32 tensor (zeros where it failed), error and mode."""
-    import numpy as np
+def _identity(pid: int) -> str | None:
+    """``pid`` and its start time (Linux): a pid reused by another process does not match."""
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "?"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return f"{pid} {started}"
 
-    job = Job.from_json(job_json)
-    spec = spec_of(job)
-    loaded = decode(job, spec, [str(n) for n in batch["path"]])
-    shape = (3, spec.crop_size, spec.crop_size)
-    return {
-        "path": [name for name, _, _ in loaded],
-        "tensor": np.stack([t if not isinstance(t, str) else np.zeros(shape, np.float32) for _, t, _ in loaded]),
-        "error": [t if isinstance(t, str) else "" for _, t, _ in loaded],
-        "mode": [m or "" for _, _, m in loaded],
-    }
+
+def _remove_stale_clusters() -> None:
+    """The temp folders of private clusters whose driver was killed (SIGKILL runs no clean-up):
+    only folders of this name, ours, holding the owner record we write, whose owner is gone."""
+    for entry in Path(tempfile.gettempdir()).glob(f"{PRIVATE_PREFIX}*"):
+        try:
+            if entry.is_symlink() or entry.stat().st_uid != os.getuid():
+                continue
+            owner = (entry / OWNER).read_text().strip()
+        except OSError:
+            continue
+        pid = owner.split()[0] if owner else ""
+        if pid.isdigit() and _identity(int(pid)) != owner:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def actor_cpus(cluster: dict[str, Any], max_actors: int, threads: int, split_decode: bool = False) -> float:
-    """Each actor's CPU request: its threads, but less than its share of a node, so that Ray
-    Data's own tasks (and a decode stage's) always find a CPU; a ToolkitError where no share fits."""
+    """Each actor's CPU request: its threads, but no more than its share of a node (a decode
+    task's CPUs left free where decoding has a stage of its own); a ToolkitError where no share fits."""
     from runtimes.errors import ToolkitError
 
     nodes = max(1, cluster["nodes"])
     per_node = -(-max_actors // nodes)  # actors on the busiest node
     room = cluster["min_node_cpus"] - (DECODE_CPUS if split_decode else 0.0)
-    cpus = round(min(float(threads), room / per_node * CPU_HEADROOM), 2)
+    cpus = round(min(float(threads), room / per_node), 2)
     if cpus < 0.1:
         raise ToolkitError(f"{max_actors} actors on nodes of {cluster['min_node_cpus']:g} CPUs leave no CPU for "
-                           f"{'the decode stage and ' if split_decode else ''}Ray Data's own tasks: fewer --actors")
+                           f"{'the decode stage and ' if split_decode else ''}each actor: fewer --actors")
     return cpus
-
-
-def run_pass(names: list[str], job: Job, model_ref, ledger, *, actors: tuple[int, int], cpus: float,
-             max_crash_retries: int, batch_size: int, split_decode: bool = False) -> Iterator[tuple[str, str, str]]:
-    """(path, record, node) for ``names``, as blocks finish; raises when the pass fails."""
-    # Enough blocks for every actor to have work, and for a crash to take little with it.
-    blocks = min(len(names), max(4 * actors[1], -(-len(names) // batch_size)))
-    ds = ray.data.from_items([{"path": n} for n in names], override_num_blocks=blocks)
-    if split_decode:
-        ds = ds.map_batches(decode_batch, fn_kwargs={"job_json": job.to_json()}, batch_size=batch_size,
-                            batch_format="numpy", zero_copy_batch=False, num_cpus=DECODE_CPUS,
-                            max_retries=max_crash_retries)
-    with warnings.catch_warnings():  # max_restarts has no other spelling in Ray 2.60 (pinned)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(
-            ClassifyActor, batch_size=batch_size, batch_format="numpy", zero_copy_batch=False,
-            fn_constructor_kwargs={"job_json": job.to_json(), "model_ref": [model_ref], "ledger": ledger},
-            compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus,
-            max_restarts=max_crash_retries, max_task_retries=max_crash_retries,
-        )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield from zip(map(str, batch["path"]), map(str, batch["record"]), map(str, batch["node"]))
-
-
-def new_ledger():
-    """A ledger on the driver's own node: a worker node's death must not take it along."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return Ledger.options(scheduling_strategy=here).remote()
-
-
-def ledger_report(ledger) -> dict[str, Any]:
-    """What the ledger knows; nothing, if it is gone too (then every unanswered input is suspect)."""
-    try:
-        return ray.get(ledger.report.remote(), timeout=30)
-    except ray.exceptions.RayError:
-        return {"in_hand": [], "verified": {}, "workers": []}
 
 
 def put_model(data: bytes):

@@ -13,6 +13,7 @@ and the README's table lists them too:
     3    EXIT_PARITY_FAILED   a model does not give PyTorch's answers within tolerance
                               (converters.export's parity gate, runtimes.verify)
     130  EXIT_INTERRUPTED     Ctrl-C
+    143  EXIT_TERMINATED      SIGTERM, as a scheduler sends (``deploy.batch``: cleaned up as for Ctrl-C)
     141  EXIT_BROKEN_PIPE     the reader of stdout stopped early (``| head``)
 """
 
@@ -37,6 +38,7 @@ EXIT_PARITY_FAILED = 3
 # already expects from grep or cat in the same pipeline.
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

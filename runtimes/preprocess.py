@@ -34,7 +34,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -231,10 +231,17 @@ def find_images(folder) -> list[Path]:
     macOS's ``._photo.jpg``) are skipped. Linked folders are followed, each real folder
     once, so a link back up the tree cannot loop.
     """
-    found = []
+    return sorted(iter_images(folder))
+
+
+def iter_images(folder) -> Iterator[Path]:
+    """The files ``find_images`` finds, one at a time, with no list of them held: each folder's
+    files in sorted order, then its subfolders (real ones before linked ones), in a stable order."""
     for top, names in _walk(Path(folder)):
-        found += [p for p in (top / n for n in names) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    return sorted(found)
+        for name in sorted(names):
+            path = top / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                yield path
 
 
 def glob_images(pattern: str) -> list[Path]:

@@ -3,15 +3,18 @@
 On PYTHONPATH (the tests put it there for their Ray cluster and for deploy.batch), every
 Python process patches ``runtimes.preprocess.load_with_mode`` once that module is imported:
 a file whose bytes begin with POISON gets the process a SIGSEGV, as a native decoder's
-crash would. Any other input is decoded as usual.
+crash would; one that begins with HANG never returns, as a decoder stuck in a loop would.
+Any other input is decoded as usual.
 """
 
 import importlib.abc
 import os
 import signal
 import sys
+import time
 
 POISON = b"GOOGLENET-POISON"
+HANG = b"GOOGLENET-HANG"
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -29,6 +32,9 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
             def load_with_mode(data, *args, **kwargs):
                 if isinstance(data, (bytes, bytearray)) and bytes(data[: len(POISON)]) == POISON:
                     os.kill(os.getpid(), signal.SIGSEGV)
+                if isinstance(data, (bytes, bytearray)) and bytes(data[: len(HANG)]) == HANG:
+                    while True:
+                        time.sleep(1)
                 return real(data, *args, **kwargs)
 
             module.load_with_mode = load_with_mode
