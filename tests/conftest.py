@@ -77,13 +77,20 @@ def demo_export(tmp_path_factory, demo_ckpt):
 
 
 @pytest.fixture(scope="session")
-def demo_int8(tmp_path_factory, demo_export):
-    """The demo model's int8 variant, calibrated on 108 fresh demo images (not the evaluation ones)."""
-    from converters.quantize import quantize
+def demo_calib(tmp_path_factory) -> Path:
+    """An ImageFolder of 108 fresh demo images (12 per class, seed 31, not the evaluation ones):
+    what ``demo_int8`` is calibrated on. Read-only: copy it before changing it."""
     from samples.generate import write_dataset
 
-    calib = write_dataset(tmp_path_factory.mktemp("calib"), per_class=12, seed=31)[0].parents[1]
-    return quantize(demo_export.path, "int8", calib=calib, out=demo_export.path.with_name("demo.int8.onnx"))
+    return write_dataset(tmp_path_factory.mktemp("calib"), per_class=12, seed=31)[0].parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_int8(demo_export, demo_calib):
+    """The demo model's int8 variant, calibrated on ``demo_calib``'s 108 fresh demo images (not the evaluation ones)."""
+    from converters.quantize import quantize
+
+    return quantize(demo_export.path, "int8", calib=demo_calib, out=demo_export.path.with_name("demo.int8.onnx"))
 
 
 @pytest.fixture(scope="session")

@@ -44,17 +44,18 @@ def test_int8_has_dequantized_inputs_on_every_conv_and_gemm_but_the_classifier(d
     assert q_zero_points and all(types[z] == onnx.TensorProto.UINT8 for z in q_zero_points)
 
 
-def test_an_fp32_classifier_moves_the_logits_less_than_an_int8_one(demo_export, demo_int8, fresh_images, tmp_path):
+def test_an_fp32_classifier_moves_the_logits_less_than_an_int8_one(demo_export, demo_int8, demo_calib, fresh_images,
+                                                                   tmp_path):
     """--keep-fp32 none quantizes every layer; calibrated on the same images, it strays
     further from the fp32 logits (bare ONNX Runtime sessions, numpy's norm)."""
     import numpy as np
     import onnxruntime as ort
 
     from runtimes import preprocess
-    from samples.generate import write_dataset
 
-    calib = write_dataset(tmp_path / "calib", per_class=12, seed=31)[0].parents[1]  # the fixture's 108 images
-    every = quantize(demo_export.path, "int8", calib=calib, keep_fp32=[], out=tmp_path / "every.int8.onnx")
+    # the very folder demo_int8 was calibrated on (not a regenerated copy of it): the same 108 images
+    every = quantize(demo_export.path, "int8", calib=demo_calib, keep_fp32=[], out=tmp_path / "every.int8.onnx")
+    assert every.images == demo_int8.images == 108
     model = onnx.load(str(every.path))
     assert all(_dequantized_inputs(model, n) for n in model.graph.node if n.op_type in ("Conv", "Gemm"))
     assert every.spec.variant["fp32_layers"] == []
