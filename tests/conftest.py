@@ -61,10 +61,16 @@ def paper_export(tmp_path_factory, paper_ckpt):
 
 @pytest.fixture(scope="session")
 def demo_ckpt() -> Path:
-    """The embedded demo checkpoint, built on first use and cached under artifacts/."""
-    from samples.checkpoint import ensure_checkpoint
+    """The embedded demo checkpoint, built on first use and cached under artifacts/. Under a lock: with
+    two pytest workers (``-n 2``) the first builds it and the other waits, instead of both training."""
+    import fcntl
 
-    return ensure_checkpoint()
+    from samples.checkpoint import DEFAULT_CKPT, ensure_checkpoint
+
+    DEFAULT_CKPT.parent.mkdir(parents=True, exist_ok=True)
+    with open(DEFAULT_CKPT.with_name(f".{DEFAULT_CKPT.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_checkpoint()
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +144,21 @@ def tuned_bundle(tmp_path_factory, tune_bundle) -> Path:
     status = main(["--bundle", str(folder), "--precisions", "fp32,int8", "--threads", "2", "--budget-s", "50", "--json"])
     assert status == 0 and (folder / "tuned.json").is_file()
     return folder
+
+
+# The slowest modules, slowest first (seconds each on a 2-core EPYC, 2026-12-07). `make test` runs two
+# pytest-xdist workers, each taking a whole module at a time (--dist loadfile, so a module's Ray cluster or
+# server starts once); starting the longest modules first keeps one worker from finishing long after the other.
+SLOWEST_FIRST = [
+    "tests/deploy/test_batch.py", "tests/converters/test_repair.py", "tests/converters/test_export.py",
+    "tests/runtimes/test_bench.py", "tests/converters/test_quantize.py", "tests/runtimes/test_diverge.py",
+    "tests/deploy/test_bundle.py", "tests/runtimes/test_tune.py", "tests/runtimes/test_threads.py",
+    "tests/runtimes/test_preprocess_properties.py", "tests/runtimes/test_tuned.py", "tests/deploy/test_serve_ray.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The slowest modules first, in SLOWEST_FIRST's order; every other test after them, in its own order.
+    Stable, and the same in every worker (pytest-xdist requires one collection order)."""
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))

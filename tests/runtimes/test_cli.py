@@ -43,7 +43,7 @@ def test_run_cli_exit_status(main, status, capsys):
 
 def test_every_exit_constant_is_in_the_readme_table_and_the_docstring():
     constants = {name: value for name, value in vars(cli).items() if name.startswith("EXIT_")}
-    assert len(constants) == 5
+    assert len(constants) == 6
     rows = dict(re.findall(r"^\| (\d+) \|\s*`?(\w*)`?\s*\|", README.read_text(), flags=re.M))
     assert rows == {"0": "", **{str(value): name for name, value in constants.items()}}
     for name, value in constants.items():
