@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,32 +120,56 @@ def fresh_images(tmp_path_factory) -> Path:
     return folder
 
 
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test run, for every pytest-xdist worker: in the run's shared temp
+    folder, under a lock, so the first worker to ask builds it and the other waits and reuses it. Only
+    for read-only folders (tests copy them before changing them)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <run>/popen-gwN
+    folder = root / f"built-once-{name}"
+    with open(root / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / f".{folder.name}.done"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tune_bundle(tmp_path_factory, demo_export, demo_int8) -> Path:
+def tune_bundle(tmp_path_factory, request) -> Path:
     """A bundle of the demo model in fp32 and int8 for cpu and, where it is installed, OpenVINO:
-    something for runtimes.tune to choose from. Copy it before changing it."""
+    something for runtimes.tune to choose from. Built once for all workers; copy it before changing it."""
     import importlib.util
 
     from deploy.bundle import build_bundle
 
-    target = "cpu,openvino" if importlib.util.find_spec("openvino") else "cpu"
-    folder, _ = build_bundle(demo_export.path, tmp_path_factory.mktemp("tune") / "gnet", target=target, variants=["int8"])
-    return folder
+    def build(folder: Path) -> None:  # the models are asked for only by the worker that builds
+        model, _ = request.getfixturevalue("demo_export").path, request.getfixturevalue("demo_int8")
+        target = "cpu,openvino" if importlib.util.find_spec("openvino") else "cpu"
+        build_bundle(model, folder / "gnet", target=target, variants=["int8"])
+
+    return _built_once(tmp_path_factory, "tune", build) / "gnet"
 
 
 @pytest.fixture(scope="session")
 def tuned_bundle(tmp_path_factory, tune_bundle) -> Path:
     """``tune_bundle`` tuned on this machine (cpu and openvino, fp32 and int8, 2 threads, with
-    confirming pairs of fresh processes): its tuned.json beside bundle.json. Copy it before changing it."""
-    import shutil
-
+    confirming pairs of fresh processes): its tuned.json beside bundle.json. Built once for all workers;
+    copy it before changing it."""
     from runtimes.tune import main
 
-    folder = tmp_path_factory.mktemp("tuned") / "gnet"
-    shutil.copytree(tune_bundle, folder)
-    status = main(["--bundle", str(folder), "--precisions", "fp32,int8", "--threads", "2", "--budget-s", "50", "--json"])
-    assert status == 0 and (folder / "tuned.json").is_file()
-    return folder
+    def build(folder: Path) -> None:
+        shutil.copytree(tune_bundle, folder / "gnet")
+        status = main(["--bundle", str(folder / "gnet"), "--precisions", "fp32,int8", "--threads", "2",
+                       "--budget-s", "50", "--json"])
+        assert status == 0 and (folder / "gnet" / "tuned.json").is_file()
+
+    return _built_once(tmp_path_factory, "tuned", build) / "gnet"
 
 
 # The slowest modules, slowest first (seconds each on a 2-core EPYC, 2026-12-07). `make test` runs two
