@@ -29,8 +29,9 @@ demo: $(DEMO_STAMP)
 	$(PY) -m samples.demo
 
 test: $(TEST_STAMP)
-	@echo "== running the test suite in two workers (about 10 minutes on 2 cores)"
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	@echo "== running the test suite: two workers, then the latency-bound tests alone (under 10 minutes on 2 cores)"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not solo"
+	$(PY) -m pytest -q -m solo
 
 # The demo bundle on an arm64 Debian userland under qemu-user (tests/aarch64): its requirements as
 # aarch64 wheels, verified and run on emulated Cortex-A72 and A76 cores. The userland and wheels are

@@ -131,9 +131,11 @@ class Pool:
                     lost = self._failed(actor, batch, exc)
                     if lost is not None:
                         yield lost, None, ""
+                        last = time.monotonic()  # the driver's own work (a rescue) is not the cluster stalling
                     continue
                 self.idle.append(actor)
                 yield batch, records, actor.node
+                last = time.monotonic()  # nor is committing a part
         finally:
             for actor in [*self.starting.values(), *self.idle, *(a for a, _ in self.busy.values())]:
                 ray.kill(actor.handle, no_restart=True)
