@@ -66,12 +66,10 @@ class Output:
         """Prepare ``folder`` for a job with ``fingerprint`` (the model, the listing and every flag
         that changes an answer): new (create), emptied of an earlier output of ours (overwrite),
         or continued (resume: its record's fingerprint must be this one)."""
-        root = local_root(source)
-        inputs = [root] if root is not None else []
+        refuse_early(folder, mode, source)
         record = _read(folder / PROGRESS) if folder.is_dir() else None
         finished = _read(folder / MANIFEST) if folder.is_dir() else None
         if mode == "resume" and (record is not None or finished is not None):
-            check_replaceable(folder, inputs, what="an earlier deploy.batch output", files_of=_output_files)
             earlier = finished or record
             _check_same(earlier.get("fingerprint"), fingerprint, folder)
             if finished is not None:
@@ -81,7 +79,6 @@ class Output:
             _remove_temps(folder)
             write_text(folder / PROGRESS, json.dumps(record, indent=1) + "\n")
             return cls(folder, record)
-        refuse_early(folder, mode, source)
         created = not folder.exists()
         if folder.is_dir():  # overwrite (or resume of nothing): remove exactly what an earlier run wrote
             for name in sorted(_output_files(folder) or ()):
